@@ -1,0 +1,180 @@
+//! Wiring: [`Application::build`] opens the store, binds the listener and assembles the router;
+//! [`Application::run_until`] serves until a shutdown signal, lets in-flight requests finish,
+//! then waits for the writer to commit what it holds. Tests bind `127.0.0.1:0` and use `port()`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+
+use crate::config::Settings;
+use crate::graph::GraphClient;
+use crate::store::{Store, StoreError, WriterTask};
+use crate::webhook::verify::SignatureVerifier;
+
+/// Shared by every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    verifier: SignatureVerifier,
+    verify_token: SecretString,
+    api_token: SecretString,
+    store: Store,
+    graph: GraphClient,
+    max_body_bytes: usize,
+    ceiling_mode: bool,
+}
+
+impl AppState {
+    pub fn verifier(&self) -> &SignatureVerifier {
+        &self.0.verifier
+    }
+    pub fn verify_token(&self) -> &SecretString {
+        &self.0.verify_token
+    }
+    pub fn api_token(&self) -> &SecretString {
+        &self.0.api_token
+    }
+    pub fn store(&self) -> &Store {
+        &self.0.store
+    }
+    pub fn graph(&self) -> &GraphClient {
+        &self.0.graph
+    }
+    pub fn max_body_bytes(&self) -> usize {
+        self.0.max_body_bytes
+    }
+    pub fn ceiling_mode(&self) -> bool {
+        self.0.ceiling_mode
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("graph client: {0}")]
+    Graph(#[from] reqwest::Error),
+}
+
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    store: Store,
+    writer: WriterTask,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let (store, writer) = crate::store::open(&settings.database, &settings.ingest).await?;
+        let graph = GraphClient::new(&settings.graph)?;
+        let state = AppState(Arc::new(Inner {
+            verifier: SignatureVerifier::new(&settings.webhook.app_secrets),
+            verify_token: settings.webhook.verify_token.clone(),
+            api_token: settings.api.token.clone(),
+            store,
+            graph,
+            max_body_bytes: settings.server.max_body_bytes,
+            ceiling_mode: settings.ingest.ceiling_mode,
+        }));
+        let addr = settings.server.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        Ok(Self {
+            listener,
+            store: state.store().clone(),
+            router: crate::http::router(state),
+            writer,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn store(&self) -> Store {
+        self.store.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: in-flight requests finish (up to
+    /// [`crate::http::SHUTDOWN_GRACE`]), and the writer commits what was queued.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let Application {
+            listener,
+            router,
+            store,
+            writer,
+        } = self;
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            let _ = stopping_tx.send(());
+        });
+        let served = async {
+            tokio::select! {
+                res = server => res,
+                // A client that keeps its connection busy must not hold the exit hostage.
+                _ = async {
+                    let _ = stopping_rx.await;
+                    tokio::time::sleep(crate::http::SHUTDOWN_GRACE).await;
+                } => {
+                    tracing::warn!("grace period over: closing remaining connections");
+                    Ok(())
+                }
+            }
+        };
+        let result = served.await;
+        store.close().await;
+        drop(store);
+        writer.join().await;
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(%err, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,382 @@
+//! Settings, loaded in layers: built-in defaults, then the TOML file, then `CTWA_SECTION__KEY`
+//! environment variables. Every secret is a [`SecretString`], so `Debug` never prints one, and
+//! [`Settings::load`] refuses to start with a missing or empty secret, naming the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// Values shipped in `config.example.toml`; a warning says so when they are in use.
+const EXAMPLE_MARKER: &str = "example-";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} not found")]
+    NotFound(PathBuf),
+    #[error("config: {0}")]
+    Invalid(String),
+    #[error("config: {key} is missing or empty")]
+    MissingSecret { key: &'static str },
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(err: figment::Error) -> Self {
+        // figment's Display names the key and the source ("for key `server.listen` in file …"),
+        // and carries no secret: it only quotes values of mistyped keys.
+        ConfigError::Invalid(err.to_string().replace('\n', " "))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub webhook: WebhookSettings,
+    pub api: ApiSettings,
+    pub graph: GraphSettings,
+    pub ingest: IngestSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    /// Whole-request deadline, headers and body included.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 3 * 1024 * 1024,
+            request_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    /// Connections in the read pool (the single writer has its own).
+    pub read_connections: u32,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://data/ctwa-leads.db".into(),
+            read_connections: 4,
+        }
+    }
+}
+
+impl DatabaseSettings {
+    /// The file path inside `url` (`sqlite://path`, `sqlite:path` or a bare path).
+    pub fn path(&self) -> Result<PathBuf, ConfigError> {
+        let rest = self
+            .url
+            .strip_prefix("sqlite://")
+            .or_else(|| self.url.strip_prefix("sqlite:"))
+            .unwrap_or(&self.url);
+        let rest = rest.split('?').next().unwrap_or_default();
+        if rest.is_empty() || rest.contains(":memory:") {
+            return Err(ConfigError::Invalid(
+                "database.url must name a file, e.g. sqlite://data/ctwa-leads.db".into(),
+            ));
+        }
+        Ok(PathBuf::from(rest))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    pub verify_token: SecretString,
+    pub app_secrets: Vec<SecretString>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub token: SecretString,
+}
+
+#[derive(Debug, Clone)]
+pub struct GraphSettings {
+    pub base_url: String,
+    pub api_version: String,
+    pub access_token: SecretString,
+    pub waba_id: String,
+    pub timeout_secs: u64,
+}
+
+impl GraphSettings {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+}
+
+/// How verified deliveries reach the database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSettings {
+    /// Deliveries waiting for the writer; past this, new ones get a fast 503.
+    pub queue_capacity: usize,
+    /// Deliveries committed together in one transaction, at most.
+    pub max_batch: usize,
+    /// Verify and parse, but store nothing: the benchmark's ceiling. Never for production.
+    pub ceiling_mode: bool,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 4096,
+            max_batch: 512,
+            ceiling_mode: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+}
+
+/// The file's shape: secrets are optional here so that a missing one is reported by name.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    #[serde(default)]
+    server: ServerSettings,
+    #[serde(default)]
+    database: DatabaseSettings,
+    #[serde(default)]
+    webhook: RawWebhook,
+    #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
+    graph: RawGraph,
+    #[serde(default)]
+    ingest: IngestSettings,
+    #[serde(default)]
+    log: LogSettings,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    verify_token: Option<SecretString>,
+    #[serde(default)]
+    app_secrets: Vec<SecretString>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    token: Option<SecretString>,
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawGraph {
+    base_url: String,
+    api_version: String,
+    access_token: Option<SecretString>,
+    waba_id: Option<String>,
+    timeout_secs: u64,
+}
+
+impl Default for RawGraph {
+    fn default() -> Self {
+        Self {
+            base_url: "https://graph.facebook.com".into(),
+            api_version: "v21.0".into(),
+            access_token: None,
+            waba_id: None,
+            timeout_secs: 10,
+        }
+    }
+}
+
+fn required(secret: Option<SecretString>, key: &'static str) -> Result<SecretString, ConfigError> {
+    match secret {
+        Some(s) if !s.expose_secret().trim().is_empty() => Ok(s),
+        _ => Err(ConfigError::MissingSecret { key }),
+    }
+}
+
+impl Settings {
+    /// Loads `path`, then the `CTWA_` environment on top.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        if !path.is_file() {
+            return Err(ConfigError::NotFound(path.to_path_buf()));
+        }
+        Self::from_figment(
+            Figment::new()
+                .merge(Toml::file_exact(path))
+                .merge(Env::prefixed("CTWA_").split("__")),
+        )
+    }
+
+    /// Parses settings from a TOML string (no environment): for tests.
+    pub fn from_toml(toml: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::new().merge(Toml::string(toml)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let raw: RawSettings = figment.extract()?;
+        let verify_token = required(raw.webhook.verify_token, "webhook.verify_token")?;
+        if raw.webhook.app_secrets.is_empty()
+            || raw
+                .webhook
+                .app_secrets
+                .iter()
+                .any(|s| s.expose_secret().trim().is_empty())
+        {
+            return Err(ConfigError::MissingSecret {
+                key: "webhook.app_secrets",
+            });
+        }
+        let api_token = required(raw.api.token, "api.token")?;
+        let access_token = required(raw.graph.access_token, "graph.access_token")?;
+        let waba_id = match raw.graph.waba_id {
+            Some(id) if !id.trim().is_empty() => id,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "graph.waba_id is missing or empty".into(),
+                ))
+            }
+        };
+        if raw.server.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "server.max_body_bytes must be above 0".into(),
+            ));
+        }
+        if raw.ingest.max_batch == 0 || raw.ingest.queue_capacity == 0 {
+            return Err(ConfigError::Invalid(
+                "ingest.max_batch and ingest.queue_capacity must be above 0".into(),
+            ));
+        }
+        if raw.graph.timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "graph.timeout_secs must be above 0".into(),
+            ));
+        }
+        raw.database.path()?;
+        Ok(Settings {
+            server: raw.server,
+            database: raw.database,
+            webhook: WebhookSettings {
+                verify_token,
+                app_secrets: raw.webhook.app_secrets,
+            },
+            api: ApiSettings { token: api_token },
+            graph: GraphSettings {
+                base_url: raw.graph.base_url.trim_end_matches('/').to_owned(),
+                api_version: raw.graph.api_version,
+                access_token,
+                waba_id,
+                timeout_secs: raw.graph.timeout_secs,
+            },
+            ingest: raw.ingest,
+            log: raw.log,
+        })
+    }
+
+    /// Keys still holding the example file's placeholder values.
+    pub fn example_keys(&self) -> Vec<&'static str> {
+        let is_example = |s: &SecretString| s.expose_secret().starts_with(EXAMPLE_MARKER);
+        let mut keys = Vec::new();
+        if is_example(&self.webhook.verify_token) {
+            keys.push("webhook.verify_token");
+        }
+        if self.webhook.app_secrets.iter().any(is_example) {
+            keys.push("webhook.app_secrets");
+        }
+        if is_example(&self.api.token) {
+            keys.push("api.token");
+        }
+        if is_example(&self.graph.access_token) {
+            keys.push("graph.access_token");
+        }
+        keys
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+        [webhook]
+        verify_token = "vt"
+        app_secrets = ["s1", "s2"]
+        [api]
+        token = "api"
+        [graph]
+        access_token = "gat"
+        waba_id = "123"
+    "#;
+
+    #[test]
+    fn defaults_fill_what_the_file_leaves_out() {
+        let s = Settings::from_toml(FULL).expect("valid");
+        assert_eq!(s.server.max_body_bytes, 3 * 1024 * 1024);
+        assert_eq!(s.graph.api_version, "v21.0");
+        assert_eq!(s.webhook.app_secrets.len(), 2);
+        assert_eq!(
+            s.database.path().unwrap(),
+            PathBuf::from("data/ctwa-leads.db")
+        );
+    }
+
+    #[test]
+    fn missing_or_empty_secret_is_named() {
+        let err = Settings::from_toml(&FULL.replace("token = \"api\"", "")).unwrap_err();
+        assert_eq!(err.to_string(), "config: api.token is missing or empty");
+        let err = Settings::from_toml(&FULL.replace("\"s1\", \"s2\"", "\"s1\", \"\"")).unwrap_err();
+        assert!(err.to_string().contains("webhook.app_secrets"), "{err}");
+        let err = Settings::from_toml(&FULL.replace("\"vt\"", "\"  \"")).unwrap_err();
+        assert!(err.to_string().contains("webhook.verify_token"), "{err}");
+    }
+
+    #[test]
+    fn malformed_value_names_the_key() {
+        let toml = format!("{FULL}\n[server]\nmax_body_bytes = \"big\"\n");
+        let err = Settings::from_toml(&toml).unwrap_err().to_string();
+        assert!(err.contains("max_body_bytes"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn debug_hides_every_secret() {
+        let s = Settings::from_toml(FULL).expect("valid");
+        let dbg = format!("{s:?}");
+        for secret in ["\"vt\"", "\"s1\"", "\"s2\"", "\"api\"", "\"gat\""] {
+            assert!(!dbg.contains(secret), "{secret} leaked in {dbg}");
+        }
+    }
+
+    #[test]
+    fn memory_database_is_refused() {
+        let toml = format!("{FULL}\n[database]\nurl = \"sqlite::memory:\"\n");
+        assert!(Settings::from_toml(&toml).is_err());
+    }
+}

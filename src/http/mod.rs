@@ -1,0 +1,124 @@
+//! Assembles the HTTP surface: each feature's router merged in one place, the `/v1` bearer
+//! check, health probes, the OpenAPI document, and the layers every request passes (request
+//! id, tracing without query strings, panic catching).
+
+pub mod auth;
+pub mod error;
+
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+use auth::BearerScheme;
+use error::ApiError;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "ctwa-leads",
+        description = "Captures leads from WhatsApp Click-to-WhatsApp ads, serves them, and proxies the ads' Graph assets."
+    ),
+    modifiers(&BearerScheme),
+    components(schemas(error::ErrorEnvelope, error::ErrorBody))
+)]
+struct ApiDoc;
+
+/// The whole application: routes, state and layers. The OpenAPI document is built from the
+/// same routers, so it cannot drift from what is served.
+pub fn router(state: AppState) -> Router {
+    let public = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(crate::webhook::router(state.max_body_bytes()))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz));
+    let (public, mut doc) = public.split_for_parts();
+    let (v1, v1_doc) = OpenApiRouter::new()
+        .merge(crate::leads::api::router())
+        .merge(crate::graph::router())
+        .split_for_parts();
+    doc.merge(v1_doc);
+    let v1 = v1.layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_token,
+    ));
+    let doc = std::sync::Arc::new(doc);
+    Router::new()
+        .merge(public)
+        .merge(v1)
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
+        )
+        .fallback(error::fallback)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(make_span)
+                        .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                )
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(CatchPanicLayer::custom(on_panic)),
+        )
+        .with_state(state)
+}
+
+/// The request span: method, path and request id. Never the query string (the challenge
+/// carries the verify token) and never headers (they carry signatures and bearer tokens).
+fn make_span(req: &Request) -> tracing::Span {
+    let id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+}
+
+fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::internal("a handler panicked").into_response()
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive", body = String)))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: the database answers reads and the last commit succeeded.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready", body = String),
+    (status = 503, description = "The database is not usable", body = error::ErrorEnvelope),
+))]
+async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    if state.ceiling_mode() || state.store().ready().await {
+        Ok("ready")
+    } else {
+        Err(ApiError::client(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "database not ready",
+        ))
+    }
+}
+
+/// How long a graceful shutdown waits for in-flight requests.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

@@ -1,0 +1,197 @@
+//! Reading leads: the row type, look-ups, filtered keyset pages, the export stream and stats.
+//! Pages walk `id` downwards (newest first); the cursor is the last id seen, so leads that arrive
+//! during a walk get higher ids and never shift what is still to come.
+
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use sqlx::{FromRow, QueryBuilder, Sqlite, SqlitePool};
+
+/// A stored lead, as the database holds it.
+#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
+pub struct LeadRow {
+    pub id: i64,
+    pub wamid: String,
+    pub waba_id: Option<String>,
+    pub phone_number_id: Option<String>,
+    pub display_phone_number: Option<String>,
+    pub wa_id: Option<String>,
+    pub user_id: Option<String>,
+    pub profile_name: Option<String>,
+    pub message_type: Option<String>,
+    pub text: Option<String>,
+    pub timestamp: Option<i64>,
+    pub received_at: i64,
+    pub source_url: Option<String>,
+    pub source_id: Option<String>,
+    pub source_type: Option<String>,
+    pub headline: Option<String>,
+    pub body: Option<String>,
+    pub media_type: Option<String>,
+    pub image_url: Option<String>,
+    pub video_url: Option<String>,
+    pub thumbnail_url: Option<String>,
+    pub ctwa_clid: Option<String>,
+    #[sqlx(rename = "ref")]
+    pub ref_: Option<String>,
+    pub welcome_message: Option<String>,
+}
+
+const COLUMNS: &str = "id, wamid, waba_id, phone_number_id, display_phone_number, wa_id, user_id, \
+    profile_name, message_type, text, timestamp, received_at, source_url, source_id, \
+    source_type, headline, body, media_type, image_url, video_url, thumbnail_url, ctwa_clid, \
+    ref, welcome_message";
+
+/// Filters shared by list, export and stats. Every field is optional; set ones combine (AND).
+#[derive(Debug, Clone, Default)]
+pub struct LeadFilter {
+    pub source_id: Option<String>,
+    pub ctwa_clid: Option<String>,
+    pub ref_: Option<String>,
+    pub source_type: Option<String>,
+    pub wa_id: Option<String>,
+    pub user_id: Option<String>,
+    pub phone_number_id: Option<String>,
+    pub waba_id: Option<String>,
+    /// Received at or after, unix milliseconds.
+    pub since_ms: Option<i64>,
+    /// Received at or before, unix milliseconds.
+    pub until_ms: Option<i64>,
+}
+
+impl LeadFilter {
+    /// Appends ` WHERE …` (or nothing) to `q`; `before_id` adds the keyset bound.
+    fn push_where<'a>(&'a self, q: &mut QueryBuilder<'a, Sqlite>, before_id: Option<i64>) {
+        let mut sep = " WHERE ";
+        let equals = [
+            ("source_id", &self.source_id),
+            ("ctwa_clid", &self.ctwa_clid),
+            ("ref", &self.ref_),
+            ("source_type", &self.source_type),
+            ("wa_id", &self.wa_id),
+            ("user_id", &self.user_id),
+            ("phone_number_id", &self.phone_number_id),
+            ("waba_id", &self.waba_id),
+        ];
+        for (column, value) in equals {
+            if let Some(value) = value {
+                q.push(sep)
+                    .push(column)
+                    .push(" = ")
+                    .push_bind(value.as_str());
+                sep = " AND ";
+            }
+        }
+        if let Some(since) = self.since_ms {
+            q.push(sep).push("received_at >= ").push_bind(since);
+            sep = " AND ";
+        }
+        if let Some(until) = self.until_ms {
+            q.push(sep).push("received_at <= ").push_bind(until);
+            sep = " AND ";
+        }
+        if let Some(id) = before_id {
+            q.push(sep).push("id < ").push_bind(id);
+        }
+    }
+}
+
+pub async fn by_id(pool: &SqlitePool, id: i64) -> Result<Option<LeadRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM leads WHERE id = ?"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+pub async fn by_wamid(pool: &SqlitePool, wamid: &str) -> Result<Option<LeadRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM leads WHERE wamid = ?"))
+        .bind(wamid)
+        .fetch_optional(pool)
+        .await
+}
+
+/// One page, newest first: at most `limit` leads with ids below `before_id`.
+pub async fn page(
+    pool: &SqlitePool,
+    filter: &LeadFilter,
+    before_id: Option<i64>,
+    limit: u32,
+) -> Result<Vec<LeadRow>, sqlx::Error> {
+    let mut q = QueryBuilder::new(format!("SELECT {COLUMNS} FROM leads"));
+    filter.push_where(&mut q, before_id);
+    q.push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(limit));
+    q.build_query_as().fetch_all(pool).await
+}
+
+/// Every matching lead, newest first, as a stream: rows are read as they are sent.
+pub fn stream(
+    pool: SqlitePool,
+    filter: LeadFilter,
+) -> BoxStream<'static, Result<LeadRow, sqlx::Error>> {
+    async_stream(pool, filter).boxed()
+}
+
+fn async_stream(
+    pool: SqlitePool,
+    filter: LeadFilter,
+) -> impl futures_util::Stream<Item = Result<LeadRow, sqlx::Error>> {
+    // Walk in keyset pages, so no read transaction stays open for the whole export (which would
+    // stop WAL checkpoints) and memory holds one page at a time.
+    const PAGE: u32 = 1000;
+    futures_util::stream::unfold(
+        (pool, filter, None::<i64>, false),
+        |(pool, filter, before, done)| async move {
+            if done {
+                return None;
+            }
+            match page(&pool, &filter, before, PAGE).await {
+                Ok(rows) => {
+                    let last = rows.last().map(|r| r.id);
+                    let done = rows.len() < PAGE as usize;
+                    let items: Vec<Result<LeadRow, sqlx::Error>> =
+                        rows.into_iter().map(Ok).collect();
+                    Some((
+                        futures_util::stream::iter(items),
+                        (pool, filter, last.or(before), done || last.is_none()),
+                    ))
+                }
+                Err(err) => Some((
+                    futures_util::stream::iter(vec![Err(err)]),
+                    (pool, filter, before, true),
+                )),
+            }
+        },
+    )
+    .flatten()
+}
+
+/// Leads per ad and per UTC day.
+#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
+pub struct StatRow {
+    pub source_id: Option<String>,
+    pub day: String,
+    pub leads: i64,
+}
+
+pub async fn stats(pool: &SqlitePool, filter: &LeadFilter) -> Result<Vec<StatRow>, sqlx::Error> {
+    let mut q = QueryBuilder::new(
+        "SELECT source_id, strftime('%Y-%m-%d', received_at / 1000, 'unixepoch') AS day, \
+         COUNT(*) AS leads FROM leads",
+    );
+    filter.push_where(&mut q, None);
+    q.push(" GROUP BY source_id, day ORDER BY day DESC, leads DESC, source_id");
+    q.build_query_as().fetch_all(pool).await
+}
+
+pub async fn count(pool: &SqlitePool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM leads")
+        .fetch_one(pool)
+        .await
+}
+
+/// Raw events with their parse status, oldest first (for tests and re-extraction).
+pub async fn events(pool: &SqlitePool) -> Result<Vec<(i64, String, i64, Vec<u8>)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, status, lead_count, body FROM events ORDER BY id")
+        .fetch_all(pool)
+        .await
+}

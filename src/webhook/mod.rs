@@ -1,0 +1,145 @@
+//! The Meta-facing endpoint. `GET /webhook` answers the subscription challenge; `POST /webhook`
+//! verifies the signature over the raw bytes, only then parses, and acknowledges once the
+//! delivery and its leads are committed. Flow: [`verify`] → [`payload`] →
+//! `leads::extract` → `store`.
+
+pub mod payload;
+pub mod verify;
+
+use std::collections::HashMap;
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+use crate::http::error::{ApiError, ErrorEnvelope};
+use crate::leads::extract::{extract, ParseStatus};
+use crate::store::{IngestError, NewEvent};
+
+pub fn router(max_body_bytes: usize) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(challenge, receive))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+}
+
+/// Answers Meta's subscription check with `hub.challenge` when mode and token match.
+#[utoipa::path(
+    get,
+    path = "/webhook",
+    tag = "webhook",
+    params(
+        ("hub.mode" = String, Query, description = "Must be `subscribe`"),
+        ("hub.verify_token" = String, Query, description = "The token set in Meta's webhook settings"),
+        ("hub.challenge" = String, Query, description = "Echoed back on success"),
+    ),
+    responses(
+        (status = 200, description = "The challenge, as text/plain", body = String, content_type = "text/plain"),
+        (status = 400, description = "A parameter is missing", body = ErrorEnvelope),
+        (status = 403, description = "Wrong mode or token", body = ErrorEnvelope),
+    )
+)]
+async fn challenge(
+    State(state): State<AppState>,
+    // A map, so that a missing parameter gets our envelope instead of a rejection.
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let get = |key: &str| {
+        params
+            .get(key)
+            .ok_or_else(|| ApiError::bad_request(format!("missing query parameter {key}")))
+    };
+    let mode = get("hub.mode")?;
+    let token = get("hub.verify_token")?;
+    let challenge = get("hub.challenge")?;
+    let expected = state.verify_token().expose_secret().as_bytes();
+    let token_ok: bool = token.as_bytes().ct_eq(expected).into();
+    if mode != "subscribe" || !token_ok {
+        return Err(ApiError::forbidden("verification failed"));
+    }
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        challenge.clone(),
+    )
+        .into_response())
+}
+
+/// What `POST /webhook` answers once a delivery is stored. Meta ignores the body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ack {
+    /// Always `ok`.
+    pub status: &'static str,
+    /// Referral messages found in the delivery (duplicates of stored ones included).
+    pub leads: usize,
+    /// `parsed`, `partial` (some part did not fit the model) or `invalid` (not JSON).
+    pub parse: &'static str,
+}
+
+/// Receives a signed delivery, stores it with its leads, then acknowledges.
+#[utoipa::path(
+    post,
+    path = "/webhook",
+    tag = "webhook",
+    request_body(content = String, description = "A `whatsapp_business_account` delivery, signed", content_type = "application/json"),
+    params(("X-Hub-Signature-256" = String, Header, description = "sha256=<hex HMAC-SHA256 of the raw body with the app secret>")),
+    responses(
+        (status = 200, description = "Stored (or safely ignored)", body = Ack),
+        (status = 401, description = "Missing, malformed or wrong signature", body = ErrorEnvelope),
+        (status = 413, description = "Body over server.max_body_bytes", body = ErrorEnvelope),
+        (status = 503, description = "Not stored: overloaded or the database failed; Meta retries", body = ErrorEnvelope),
+    )
+)]
+async fn receive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Ack>, ApiError> {
+    let received_at_ms = chrono::Utc::now().timestamp_millis();
+    let body = body?;
+    let verified = state.verifier().verify(&headers, body).map_err(|err| {
+        tracing::warn!(reason = %err, "refused an unsigned or forged delivery");
+        ApiError::client(
+            StatusCode::UNAUTHORIZED,
+            "invalid_signature",
+            err.to_string(),
+        )
+    })?;
+    let extracted = extract(verified.as_bytes());
+    if extracted.status == ParseStatus::Invalid {
+        tracing::warn!("a verified delivery is not JSON; stored raw and flagged");
+    }
+    let ack = Ack {
+        status: "ok",
+        leads: extracted.leads.len(),
+        parse: extracted.status.as_str(),
+    };
+    if state.ceiling_mode() {
+        return Ok(Json(ack));
+    }
+    let event = NewEvent {
+        received_at_ms,
+        status: extracted.status,
+        body: verified.into_bytes(),
+    };
+    state
+        .store()
+        .ingest(event, extracted.leads)
+        .await
+        .map_err(|err| match err {
+            IngestError::Overloaded => ApiError::unavailable("overloaded, retry later", err),
+            IngestError::Failed | IngestError::Closed => {
+                ApiError::unavailable("not stored, retry later", err)
+            }
+        })?;
+    tracing::debug!(leads = ack.leads, "delivery stored");
+    Ok(Json(ack))
+}
