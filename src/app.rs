@@ -143,9 +143,8 @@ impl Application {
             }
         };
         let result = served.await;
+        writer.shutdown().await;
         store.close().await;
-        drop(store);
-        writer.join().await;
         tracing::info!("stopped");
         result
     }

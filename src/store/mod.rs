@@ -16,6 +16,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection, SqliteConnection};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{DatabaseSettings, IngestSettings};
 pub use writer::{IngestError, NewEvent};
@@ -43,13 +44,18 @@ pub struct Store {
     healthy: Arc<AtomicBool>,
 }
 
-/// The writer task, to await on shutdown once every [`Store`] clone is gone.
-pub struct WriterTask(JoinHandle<()>);
+/// The writer task, stopped on shutdown.
+pub struct WriterTask {
+    handle: JoinHandle<()>,
+    stop: CancellationToken,
+}
 
 impl WriterTask {
-    /// Waits until the writer committed what was queued and closed its connection.
-    pub async fn join(self) {
-        if let Err(err) = self.0.await {
+    /// Closes the queue, waits until the writer committed what it held, and closes its
+    /// connection. Submissions after this get [`IngestError::Closed`].
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        if let Err(err) = self.handle.await {
             tracing::error!(%err, "the writer task failed");
         }
     }
@@ -118,16 +124,17 @@ pub async fn open(
         .connect_with(read_options)
         .await?;
     let healthy = Arc::new(AtomicBool::new(true));
-    let (writer, task) = writer::Writer::new(conn, options, ingest.max_batch, healthy.clone())
+    let stop = CancellationToken::new();
+    let (writer, handle) = writer::Writer::new(conn, options, ingest.max_batch, healthy.clone())
         .await?
-        .spawn(ingest.queue_capacity);
+        .spawn(ingest.queue_capacity, stop.clone());
     Ok((
         Store {
             read,
             writer,
             healthy,
         },
-        WriterTask(task),
+        WriterTask { handle, stop },
     ))
 }
 

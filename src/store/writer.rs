@@ -11,6 +11,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, QueryBuilder, Sqlite, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::leads::extract::{NewLead, ParseStatus};
 
@@ -92,14 +93,33 @@ impl Writer {
     }
 
     /// Starts the task; it ends once every handle is dropped and the queue is drained.
-    pub(super) fn spawn(self, queue_capacity: usize) -> (WriterHandle, JoinHandle<()>) {
+    /// `stop` closes the queue: what is already in it is still committed, then the task ends.
+    pub(super) fn spawn(
+        self,
+        queue_capacity: usize,
+        stop: CancellationToken,
+    ) -> (WriterHandle, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(queue_capacity);
-        (WriterHandle { tx }, tokio::spawn(self.run(rx)))
+        (WriterHandle { tx }, tokio::spawn(self.run(rx, stop)))
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>, stop: CancellationToken) {
         let mut batch = Vec::with_capacity(self.max_batch);
-        while rx.recv_many(&mut batch, self.max_batch).await > 0 {
+        let mut closed = false;
+        loop {
+            let received = tokio::select! {
+                biased;
+                n = rx.recv_many(&mut batch, self.max_batch) => n,
+                _ = stop.cancelled(), if !closed => {
+                    // New submissions now fail fast; queued ones are still received below.
+                    rx.close();
+                    closed = true;
+                    continue;
+                }
+            };
+            if received == 0 {
+                break;
+            }
             let result = self.commit(&batch).await;
             match &result {
                 Ok(()) => self.healthy.store(true, Ordering::Relaxed),

@@ -1,0 +1,250 @@
+//! The shared harness: `spawn_app()` starts the real application on a temporary database with
+//! wiremock standing in for Graph, and the delivery builders sign bodies exactly as Meta does.
+//! Set `TEST_LOG=1` to see the application's logs.
+
+// Not every test module uses every helper.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ctwa_leads::simulate::meta_json;
+use ctwa_leads::store::leads::LeadRow;
+use ctwa_leads::store::Store;
+use ctwa_leads::webhook::verify::{sign, SIGNATURE_HEADER};
+use ctwa_leads::{Application, Settings};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use wiremock::MockServer;
+
+pub const APP_SECRET: &str = "test-app-secret-1";
+pub const ROTATED_SECRET: &str = "test-app-secret-2";
+pub const VERIFY_TOKEN: &str = "test-verify-token";
+pub const API_TOKEN: &str = "test-api-token";
+pub const GRAPH_TOKEN: &str = "test-graph-token";
+pub const WABA_ID: &str = "102290129340398";
+
+pub struct TestApp {
+    pub addr: String,
+    pub client: reqwest::Client,
+    pub store: Store,
+    pub graph: MockServer,
+    pub dir: Arc<TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+pub fn settings(db: &std::path::Path, graph_url: &str) -> Settings {
+    let toml = format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+        max_body_bytes = 3145728
+        [database]
+        url = "sqlite://{db}"
+        [webhook]
+        verify_token = "{VERIFY_TOKEN}"
+        app_secrets = ["{APP_SECRET}", "{ROTATED_SECRET}"]
+        [api]
+        token = "{API_TOKEN}"
+        [graph]
+        base_url = "{graph_url}"
+        api_version = "v21.0"
+        access_token = "{GRAPH_TOKEN}"
+        waba_id = "{WABA_ID}"
+        timeout_secs = 2
+        "#,
+        db = db.display()
+    );
+    Settings::from_toml(&toml).expect("test settings are valid")
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(|_| {}).await
+}
+
+pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    spawn_in(dir, MockServer::start().await, tweak).await
+}
+
+pub fn db_path(dir: &TempDir) -> PathBuf {
+    dir.path().join("nested").join("leads.db")
+}
+
+async fn spawn_in(
+    dir: Arc<TempDir>,
+    graph: MockServer,
+    tweak: impl FnOnce(&mut Settings),
+) -> TestApp {
+    if std::env::var_os("TEST_LOG").is_some() {
+        ctwa_leads::telemetry::init(ctwa_leads::config::LogFormat::Text);
+    }
+    let mut s = settings(&db_path(&dir), &graph.uri());
+    tweak(&mut s);
+    let app = Application::build(s).await.expect("the app builds");
+    let addr = format!("http://127.0.0.1:{}", app.port());
+    let store = app.store();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        app.run_until(async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("the server runs");
+    });
+    TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        store,
+        graph,
+        dir,
+        stop: Some(stop),
+        handle: Some(handle),
+    }
+}
+
+impl TestApp {
+    /// Stops gracefully and waits until the writer has closed the database.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("the server task ends cleanly");
+        }
+    }
+
+    /// Stops, then starts a new instance on the same database.
+    pub async fn restart(mut self) -> TestApp {
+        self.stop().await;
+        let dir = self.dir.clone();
+        let graph = MockServer::start().await;
+        spawn_in(dir, graph, |_| {}).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.addr)
+    }
+
+    /// POSTs `body` signed with the primary app secret.
+    pub async fn deliver(&self, body: &[u8]) -> reqwest::Response {
+        self.deliver_signed(body, Some(&sign(APP_SECRET, body)))
+            .await
+    }
+
+    pub async fn deliver_signed(&self, body: &[u8], signature: Option<&str>) -> reqwest::Response {
+        let mut req = self
+            .client
+            .post(self.url("/webhook"))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        if let Some(sig) = signature {
+            req = req.header(SIGNATURE_HEADER, sig);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    pub async fn lead(&self, wamid: &str) -> Option<LeadRow> {
+        ctwa_leads::store::leads::by_wamid(self.store.read_pool(), wamid)
+            .await
+            .expect("query")
+    }
+
+    pub async fn lead_count(&self) -> i64 {
+        ctwa_leads::store::leads::count(self.store.read_pool())
+            .await
+            .expect("count")
+    }
+
+    pub async fn event_count(&self) -> usize {
+        ctwa_leads::store::leads::events(self.store.read_pool())
+            .await
+            .expect("events")
+            .len()
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(self.url(path)).bearer_auth(API_TOKEN)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A referral message from `from`, as in the seed's webhook example.
+pub fn referral_message(wamid: &str, from: &str, ad: &str) -> Value {
+    json!({
+        "from": from,
+        "id": wamid,
+        "timestamp": "1732262400",
+        "type": "text",
+        "text": {"body": "Hi, is this still available?"},
+        "referral": {
+            "source_url": "https://fb.me/2ZulEu42P",
+            "source_id": ad,
+            "source_type": "ad",
+            "headline": "Summer sale",
+            "body": "Chat with us",
+            "media_type": "image",
+            "image_url": "https://scontent.example/ad.jpg",
+            "ctwa_clid": format!("clid-{wamid}"),
+            "ref": "spring-campaign"
+        }
+    })
+}
+
+/// A plain message with no referral.
+pub fn plain_message(wamid: &str, from: &str) -> Value {
+    json!({"from": from, "id": wamid, "timestamp": "1732262400", "type": "text", "text": {"body": "hello"}})
+}
+
+/// One `messages` change value.
+pub fn value(phone_number_id: &str, contacts: Value, messages: Value) -> Value {
+    json!({
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": format!("1555{phone_number_id}"), "phone_number_id": phone_number_id},
+        "contacts": contacts,
+        "messages": messages
+    })
+}
+
+pub fn contact(wa_id: &str, name: &str) -> Value {
+    json!({"profile": {"name": name}, "wa_id": wa_id})
+}
+
+/// A delivery of one entry with one `messages` change.
+pub fn delivery(value: Value) -> Vec<u8> {
+    delivery_of(vec![(WABA_ID, vec![("messages", value)])])
+}
+
+/// A delivery of several entries, each with several changes.
+pub fn delivery_of(entries: Vec<(&str, Vec<(&str, Value)>)>) -> Vec<u8> {
+    let entry: Vec<Value> = entries
+        .into_iter()
+        .map(|(id, changes)| {
+            let changes: Vec<Value> = changes
+                .into_iter()
+                .map(|(field, value)| json!({"field": field, "value": value}))
+                .collect();
+            json!({"id": id, "changes": changes})
+        })
+        .collect();
+    meta_json(&json!({"object": "whatsapp_business_account", "entry": entry}))
+}
+
+/// The simplest lead-carrying delivery.
+pub fn one_lead(wamid: &str) -> Vec<u8> {
+    delivery(value(
+        "PN1",
+        json!([contact("4915100000001", "Ana")]),
+        json!([referral_message(wamid, "4915100000001", "AD1")]),
+    ))
+}
