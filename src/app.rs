@@ -25,6 +25,7 @@ struct Inner {
     store: Store,
     graph: GraphClient,
     max_body_bytes: usize,
+    request_timeout: std::time::Duration,
     ceiling_mode: bool,
 }
 
@@ -46,6 +47,9 @@ impl AppState {
     }
     pub fn max_body_bytes(&self) -> usize {
         self.0.max_body_bytes
+    }
+    pub fn request_timeout(&self) -> std::time::Duration {
+        self.0.request_timeout
     }
     pub fn ceiling_mode(&self) -> bool {
         self.0.ceiling_mode
@@ -83,6 +87,7 @@ impl Application {
             store,
             graph,
             max_body_bytes: settings.server.max_body_bytes,
+            request_timeout: std::time::Duration::from_secs(settings.server.request_timeout_secs),
             ceiling_mode: settings.ingest.ceiling_mode,
         }));
         let addr = settings.server.listen;

@@ -179,17 +179,54 @@ struct RawSettings {
     log: LogSettings,
 }
 
+/// A string key whose value may look like a number: `CTWA_WEBHOOK__VERIFY_TOKEN=12345` reaches
+/// us as an integer, and an all-digit token or WABA id is still a string to us.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Text {
+    Str(String),
+    Unsigned(u64),
+    Signed(i64),
+}
+
+impl Text {
+    fn into_string(self) -> String {
+        match self {
+            Text::Str(s) => s,
+            Text::Unsigned(n) => n.to_string(),
+            Text::Signed(n) => n.to_string(),
+        }
+    }
+}
+
+fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<Text>::deserialize(d)?.map(Text::into_string))
+}
+
+fn secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+    Ok(text(d)?.map(SecretString::from))
+}
+
+fn secrets<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
+    Ok(Vec::<Text>::deserialize(d)?
+        .into_iter()
+        .map(|t| SecretString::from(t.into_string()))
+        .collect())
+}
+
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWebhook {
+    #[serde(default, deserialize_with = "secret")]
     verify_token: Option<SecretString>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "secrets")]
     app_secrets: Vec<SecretString>,
 }
 
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApi {
+    #[serde(default, deserialize_with = "secret")]
     token: Option<SecretString>,
 }
 
@@ -198,7 +235,9 @@ struct RawApi {
 struct RawGraph {
     base_url: String,
     api_version: String,
+    #[serde(deserialize_with = "secret")]
     access_token: Option<SecretString>,
+    #[serde(deserialize_with = "text")]
     waba_id: Option<String>,
     timeout_secs: u64,
 }
@@ -272,6 +311,11 @@ impl Settings {
         if raw.ingest.max_batch == 0 || raw.ingest.queue_capacity == 0 {
             return Err(ConfigError::Invalid(
                 "ingest.max_batch and ingest.queue_capacity must be above 0".into(),
+            ));
+        }
+        if raw.server.request_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "server.request_timeout_secs must be above 0".into(),
             ));
         }
         if raw.graph.timeout_secs == 0 {
@@ -372,6 +416,18 @@ mod tests {
         for secret in ["\"vt\"", "\"s1\"", "\"s2\"", "\"api\"", "\"gat\""] {
             assert!(!dbg.contains(secret), "{secret} leaked in {dbg}");
         }
+    }
+
+    #[test]
+    fn numeric_looking_secrets_and_ids_are_strings() {
+        let toml = FULL
+            .replace("\"vt\"", "12345")
+            .replace("\"123\"", "102290129340398")
+            .replace("\"s1\", \"s2\"", "987, \"s2\"");
+        let s = Settings::from_toml(&toml).expect("numbers are accepted as strings");
+        assert_eq!(s.webhook.verify_token.expose_secret(), "12345");
+        assert_eq!(s.webhook.app_secrets[0].expose_secret(), "987");
+        assert_eq!(s.graph.waba_id, "102290129340398");
     }
 
     #[test]
