@@ -1,9 +1,592 @@
-//! `/v1/leads`: list, look up, export and count the stored leads.
+//! `/v1/leads`: list (filtered, keyset-paged, newest first), look up, export (streamed CSV or
+//! NDJSON) and count per ad and day. Query parameters are parsed here, at the edge, into a
+//! [`LeadFilter`]; a bad one gets 400 naming it. All SQL is in `store::leads`.
 
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{OriginalUri, Path, Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
+use crate::http::error::{ApiError, ErrorEnvelope};
+use crate::store::leads::{self as q, Cursor, LeadFilter, LeadRow};
+
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 500;
+const EXPORT_PAGE: u32 = 1000;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(list_leads))
+        .routes(routes!(export_leads))
+        .routes(routes!(lead_stats))
+        .routes(routes!(get_lead))
+}
+
+/// Filters shared by list, export and stats; all optional, combined with AND.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FilterParams {
+    /// The ad id (`referral.source_id`).
+    source_id: Option<String>,
+    /// The click id.
+    ctwa_clid: Option<String>,
+    /// The ad's `ref`.
+    #[serde(rename = "ref")]
+    #[param(rename = "ref")]
+    ref_: Option<String>,
+    /// `ad` or `post`.
+    source_type: Option<String>,
+    /// The sender's WhatsApp id.
+    wa_id: Option<String>,
+    /// The sender's business-scoped user id.
+    user_id: Option<String>,
+    phone_number_id: Option<String>,
+    waba_id: Option<String>,
+    /// Received at or after: RFC 3339 or unix seconds.
+    since: Option<String>,
+    /// Received at or before: RFC 3339 or unix seconds.
+    until: Option<String>,
+}
+
+impl FilterParams {
+    fn into_filter(self) -> Result<LeadFilter, ApiError> {
+        Ok(LeadFilter {
+            since_ms: self
+                .since
+                .as_deref()
+                .map(|v| parse_time("since", v))
+                .transpose()?,
+            until_ms: self
+                .until
+                .as_deref()
+                .map(|v| parse_time("until", v))
+                .transpose()?,
+            source_id: self.source_id,
+            ctwa_clid: self.ctwa_clid,
+            ref_: self.ref_,
+            source_type: self.source_type,
+            wa_id: self.wa_id,
+            user_id: self.user_id,
+            phone_number_id: self.phone_number_id,
+            waba_id: self.waba_id,
+        })
+    }
+}
+
+/// RFC 3339, or whole unix seconds, to unix milliseconds.
+fn parse_time(name: &str, value: &str) -> Result<i64, ApiError> {
+    if let Ok(secs) = value.parse::<i64>() {
+        return secs
+            .checked_mul(1000)
+            .ok_or_else(|| ApiError::bad_request(format!("{name}: out of range")));
+    }
+    DateTime::parse_from_rfc3339(value)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "{name}: expected an RFC 3339 time (2026-11-22T08:00:00Z) or unix seconds"
+            ))
+        })
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Leads per page, 1 to 500 (default 50).
+    limit: Option<String>,
+    /// The cursor from the previous page's `paging.cursors.after`.
+    after: Option<String>,
+}
+
+fn parse_limit(value: Option<&str>) -> Result<u32, ApiError> {
+    let Some(value) = value else {
+        return Ok(DEFAULT_LIMIT);
+    };
+    match value.parse::<u32>() {
+        Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        _ => Err(ApiError::bad_request(format!(
+            "limit: expected a whole number from 1 to {MAX_LIMIT}"
+        ))),
+    }
+}
+
+fn encode_cursor(c: Cursor) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}:{}", c.received_at_ms, c.id))
+}
+
+fn decode_cursor(value: &str) -> Result<Cursor, ApiError> {
+    let bad = || ApiError::bad_request("after: not a cursor from a previous page");
+    let raw = URL_SAFE_NO_PAD.decode(value).map_err(|_| bad())?;
+    let text = std::str::from_utf8(&raw).map_err(|_| bad())?;
+    let (at, id) = text.split_once(':').ok_or_else(bad)?;
+    Ok(Cursor {
+        received_at_ms: at.parse().map_err(|_| bad())?,
+        id: id.parse().map_err(|_| bad())?,
+    })
+}
+
+/// A captured lead.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Lead {
+    pub id: i64,
+    /// The WhatsApp message id; unique.
+    pub wamid: String,
+    pub waba_id: Option<String>,
+    pub phone_number_id: Option<String>,
+    pub display_phone_number: Option<String>,
+    pub wa_id: Option<String>,
+    pub user_id: Option<String>,
+    pub profile_name: Option<String>,
+    pub message_type: Option<String>,
+    pub text: Option<String>,
+    /// Message time, RFC 3339 UTC.
+    pub timestamp: Option<String>,
+    /// When ctwa-leads received it, RFC 3339 UTC.
+    pub received_at: String,
+    pub referral: Referral,
+}
+
+/// The ad the lead came from.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Referral {
+    pub source_url: Option<String>,
+    pub source_id: Option<String>,
+    pub source_type: Option<String>,
+    pub headline: Option<String>,
+    pub body: Option<String>,
+    pub media_type: Option<String>,
+    pub image_url: Option<String>,
+    pub video_url: Option<String>,
+    pub thumbnail_url: Option<String>,
+    pub ctwa_clid: Option<String>,
+    #[serde(rename = "ref")]
+    #[schema(rename = "ref")]
+    pub ref_: Option<String>,
+    pub welcome_message: Option<WelcomeMessage>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WelcomeMessage {
+    pub text: String,
+}
+
+fn rfc3339_secs(secs: i64) -> Option<String> {
+    DateTime::<Utc>::from_timestamp(secs, 0).map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+}
+
+fn rfc3339_millis(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+impl From<LeadRow> for Lead {
+    fn from(r: LeadRow) -> Self {
+        Lead {
+            id: r.id,
+            wamid: r.wamid,
+            waba_id: r.waba_id,
+            phone_number_id: r.phone_number_id,
+            display_phone_number: r.display_phone_number,
+            wa_id: r.wa_id,
+            user_id: r.user_id,
+            profile_name: r.profile_name,
+            message_type: r.message_type,
+            text: r.text,
+            timestamp: r.timestamp.and_then(rfc3339_secs),
+            received_at: rfc3339_millis(r.received_at),
+            referral: Referral {
+                source_url: r.source_url,
+                source_id: r.source_id,
+                source_type: r.source_type,
+                headline: r.headline,
+                body: r.body,
+                media_type: r.media_type,
+                image_url: r.image_url,
+                video_url: r.video_url,
+                thumbnail_url: r.thumbnail_url,
+                ctwa_clid: r.ctwa_clid,
+                ref_: r.ref_,
+                welcome_message: r.welcome_message.map(|text| WelcomeMessage { text }),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LeadPage {
+    pub data: Vec<Lead>,
+    pub paging: Paging,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Paging {
+    pub cursors: Cursors,
+    /// The next page's URL; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Cursors {
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
+fn store_error(err: sqlx::Error) -> ApiError {
+    ApiError::unavailable("the database did not answer, retry later", err)
+}
+
+/// The URL of this request with `after` replaced: Graph-style `paging.next`.
+fn next_url(headers: &HeaderMap, uri: &axum::http::Uri, after: &str) -> Option<String> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| *p == "https" || *p == "http")
+        .unwrap_or("http");
+    let mut url = reqwest::Url::parse(&format!("{scheme}://{host}{}", uri.path())).ok()?;
+    {
+        let mut pairs = url.query_pairs_mut();
+        if let Some(query) = uri.query() {
+            for (k, v) in reqwest::Url::parse(&format!("http://x/?{query}"))
+                .ok()?
+                .query_pairs()
+            {
+                if k != "after" {
+                    pairs.append_pair(&k, &v);
+                }
+            }
+        }
+        pairs.append_pair("after", after);
+    }
+    Some(url.to_string())
+}
+
+/// Lists leads, newest first, with filters and cursor paging.
+#[utoipa::path(
+    get,
+    path = "/v1/leads",
+    tag = "leads",
+    security(("bearer" = [])),
+    params(FilterParams, PageParams),
+    responses(
+        (status = 200, body = LeadPage),
+        (status = 400, description = "A bad limit, time or cursor", body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+    )
+)]
+async fn list_leads(
+    State(state): State<AppState>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    filter: Result<Query<FilterParams>, QueryRejection>,
+    paging: Result<Query<PageParams>, QueryRejection>,
+) -> Result<Json<LeadPage>, ApiError> {
+    let filter = filter?.0.into_filter()?;
+    let Query(paging) = paging?;
+    let limit = parse_limit(paging.limit.as_deref())?;
+    let before = paging.after.as_deref().map(decode_cursor).transpose()?;
+    // One extra row says whether another page exists.
+    let mut rows = q::page(state.store().read_pool(), &filter, before, limit + 1)
+        .await
+        .map_err(store_error)?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let after = more
+        .then(|| rows.last().map(|r| encode_cursor(r.cursor())))
+        .flatten();
+    let next = after.as_deref().and_then(|a| next_url(&headers, &uri, a));
+    Ok(Json(LeadPage {
+        data: rows.into_iter().map(Lead::from).collect(),
+        paging: Paging {
+            cursors: Cursors { after },
+            next,
+        },
+    }))
+}
+
+/// One lead by id.
+#[utoipa::path(
+    get,
+    path = "/v1/leads/{id}",
+    tag = "leads",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "The lead's id")),
+    responses(
+        (status = 200, body = Lead),
+        (status = 404, body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+    )
+)]
+async fn get_lead(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Lead>, ApiError> {
+    let not_found = || ApiError::not_found(format!("no lead with id {id}"));
+    let Ok(numeric) = id.parse::<i64>() else {
+        return Err(not_found());
+    };
+    q::by_id(state.store().read_pool(), numeric)
+        .await
+        .map_err(store_error)?
+        .map(|row| Json(Lead::from(row)))
+        .ok_or_else(not_found)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExportParams {
+    /// `csv` (default) or `ndjson`.
+    format: Option<String>,
+}
+
+/// One row per lead, referral fields flattened: the CSV export's columns.
+#[derive(Serialize)]
+struct FlatLead<'a> {
+    id: i64,
+    wamid: &'a str,
+    waba_id: Option<&'a str>,
+    phone_number_id: Option<&'a str>,
+    display_phone_number: Option<&'a str>,
+    wa_id: Option<&'a str>,
+    user_id: Option<&'a str>,
+    profile_name: Option<&'a str>,
+    message_type: Option<&'a str>,
+    text: Option<&'a str>,
+    timestamp: Option<String>,
+    received_at: String,
+    source_url: Option<&'a str>,
+    source_id: Option<&'a str>,
+    source_type: Option<&'a str>,
+    headline: Option<&'a str>,
+    body: Option<&'a str>,
+    media_type: Option<&'a str>,
+    image_url: Option<&'a str>,
+    video_url: Option<&'a str>,
+    thumbnail_url: Option<&'a str>,
+    ctwa_clid: Option<&'a str>,
+    #[serde(rename = "ref")]
+    ref_: Option<&'a str>,
+    welcome_message: Option<&'a str>,
+}
+
+impl<'a> From<&'a LeadRow> for FlatLead<'a> {
+    fn from(r: &'a LeadRow) -> Self {
+        FlatLead {
+            id: r.id,
+            wamid: &r.wamid,
+            waba_id: r.waba_id.as_deref(),
+            phone_number_id: r.phone_number_id.as_deref(),
+            display_phone_number: r.display_phone_number.as_deref(),
+            wa_id: r.wa_id.as_deref(),
+            user_id: r.user_id.as_deref(),
+            profile_name: r.profile_name.as_deref(),
+            message_type: r.message_type.as_deref(),
+            text: r.text.as_deref(),
+            timestamp: r.timestamp.and_then(rfc3339_secs),
+            received_at: rfc3339_millis(r.received_at),
+            source_url: r.source_url.as_deref(),
+            source_id: r.source_id.as_deref(),
+            source_type: r.source_type.as_deref(),
+            headline: r.headline.as_deref(),
+            body: r.body.as_deref(),
+            media_type: r.media_type.as_deref(),
+            image_url: r.image_url.as_deref(),
+            video_url: r.video_url.as_deref(),
+            thumbnail_url: r.thumbnail_url.as_deref(),
+            ctwa_clid: r.ctwa_clid.as_deref(),
+            ref_: r.ref_.as_deref(),
+            welcome_message: r.welcome_message.as_deref(),
+        }
+    }
+}
+
+const CSV_HEADER: &str = "id,wamid,waba_id,phone_number_id,display_phone_number,wa_id,user_id,\
+profile_name,message_type,text,timestamp,received_at,source_url,source_id,source_type,headline,\
+body,media_type,image_url,video_url,thumbnail_url,ctwa_clid,ref,welcome_message\n";
+
+#[derive(Clone, Copy)]
+enum Format {
+    Csv,
+    Ndjson,
+}
+
+fn encode_page(format: Format, rows: &[LeadRow]) -> Result<Bytes, std::io::Error> {
+    match format {
+        Format::Csv => {
+            let mut w = csv::WriterBuilder::new()
+                .has_headers(false)
+                .from_writer(Vec::with_capacity(rows.len() * 512));
+            for row in rows {
+                w.serialize(FlatLead::from(row))
+                    .map_err(std::io::Error::other)?;
+            }
+            w.into_inner()
+                .map(Bytes::from)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        }
+        Format::Ndjson => {
+            let mut out = Vec::with_capacity(rows.len() * 700);
+            for row in rows {
+                serde_json::to_writer(&mut out, &Lead::from(row.clone()))?;
+                out.push(b'\n');
+            }
+            Ok(Bytes::from(out))
+        }
+    }
+}
+
+/// Streams every matching lead as CSV (a header row, referral fields flattened) or NDJSON.
+#[utoipa::path(
+    get,
+    path = "/v1/leads/export",
+    tag = "leads",
+    security(("bearer" = [])),
+    params(ExportParams, FilterParams),
+    responses(
+        (status = 200, description = "CSV (text/csv) or NDJSON (application/x-ndjson), streamed", body = String),
+        (status = 400, body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+    )
+)]
+async fn export_leads(
+    State(state): State<AppState>,
+    format: Result<Query<ExportParams>, QueryRejection>,
+    filter: Result<Query<FilterParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let (format, content_type, ext) = match format?.0.format.as_deref() {
+        None | Some("csv") => (Format::Csv, "text/csv; charset=utf-8", "csv"),
+        Some("ndjson") => (Format::Ndjson, "application/x-ndjson", "ndjson"),
+        Some(_) => return Err(ApiError::bad_request("format: expected csv or ndjson")),
+    };
+    let filter = filter?.0.into_filter()?;
+    let pages = q::pages(state.store().read_pool().clone(), filter, EXPORT_PAGE);
+    let header = match format {
+        Format::Csv => Some(Ok(Bytes::from_static(CSV_HEADER.as_bytes()))),
+        Format::Ndjson => None,
+    };
+    let body = futures_util::stream::iter(header).chain(pages.map(move |page| {
+        let rows = page.map_err(|err| {
+            // The status line is gone; ending the stream early tells the client.
+            tracing::error!(%err, "export stopped: the database failed");
+            std::io::Error::other("database error")
+        })?;
+        encode_page(format, &rows)
+    }));
+    let filename = format!("leads-{}.{ext}", Utc::now().format("%Y%m%dT%H%M%SZ"));
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Stats {
+    pub data: Vec<Stat>,
+}
+
+/// Leads from one ad on one UTC day.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Stat {
+    pub source_id: Option<String>,
+    /// `YYYY-MM-DD`, UTC, by received time.
+    pub day: String,
+    pub leads: i64,
+}
+
+/// Leads counted per ad (`source_id`) and per day, within the filters.
+#[utoipa::path(
+    get,
+    path = "/v1/leads/stats",
+    tag = "leads",
+    security(("bearer" = [])),
+    params(FilterParams),
+    responses(
+        (status = 200, body = Stats),
+        (status = 400, body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+    )
+)]
+async fn lead_stats(
+    State(state): State<AppState>,
+    filter: Result<Query<FilterParams>, QueryRejection>,
+) -> Result<Json<Stats>, ApiError> {
+    let filter = filter?.0.into_filter()?;
+    let rows = q::stats(state.store().read_pool(), &filter)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(Stats {
+        data: rows
+            .into_iter()
+            .map(|r| Stat {
+                source_id: r.source_id,
+                day: r.day,
+                leads: r.leads,
+            })
+            .collect(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let c = Cursor {
+            received_at_ms: 1_732_262_400_123,
+            id: 42,
+        };
+        assert_eq!(decode_cursor(&encode_cursor(c)).unwrap(), c);
+        for bad in ["", "!!", "MTIz", &URL_SAFE_NO_PAD.encode("a:b")] {
+            assert!(decode_cursor(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn times_parse_as_rfc3339_or_unix_seconds() {
+        assert_eq!(
+            parse_time("since", "1732262400").unwrap(),
+            1_732_262_400_000
+        );
+        assert_eq!(
+            parse_time("since", "2024-11-22T08:00:00Z").unwrap(),
+            1_732_262_400_000
+        );
+        assert_eq!(
+            parse_time("since", "2024-11-22T09:00:00+01:00").unwrap(),
+            1_732_262_400_000
+        );
+        let err = parse_time("until", "yesterday").unwrap_err();
+        assert!(err.to_string().starts_with("until:"));
+    }
+
+    #[test]
+    fn limit_bounds() {
+        assert_eq!(parse_limit(None).unwrap(), 50);
+        assert_eq!(parse_limit(Some("500")).unwrap(), 500);
+        for bad in ["0", "501", "-1", "ten", ""] {
+            assert!(parse_limit(Some(bad)).is_err(), "{bad}");
+        }
+    }
 }

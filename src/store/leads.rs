@@ -1,6 +1,7 @@
 //! Reading leads: the row type, look-ups, filtered keyset pages, the export stream and stats.
-//! Pages walk `id` downwards (newest first); the cursor is the last id seen, so leads that arrive
-//! during a walk get higher ids and never shift what is still to come.
+//! Pages walk `(received_at, id)` downwards, newest first, and the cursor is the last pair seen.
+//! Rows present when a walk starts never move, so following cursors visits each exactly once;
+//! every filter column has a `(column, received_at)` index, so a page reads an index in order.
 
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
@@ -59,8 +60,8 @@ pub struct LeadFilter {
 }
 
 impl LeadFilter {
-    /// Appends ` WHERE …` (or nothing) to `q`; `before_id` adds the keyset bound.
-    fn push_where<'a>(&'a self, q: &mut QueryBuilder<'a, Sqlite>, before_id: Option<i64>) {
+    /// Appends ` WHERE …` (or nothing) to `q`; `before` adds the keyset bound.
+    fn push_where<'a>(&'a self, q: &mut QueryBuilder<'a, Sqlite>, before: Option<Cursor>) {
         let mut sep = " WHERE ";
         let equals = [
             ("source_id", &self.source_id),
@@ -89,8 +90,29 @@ impl LeadFilter {
             q.push(sep).push("received_at <= ").push_bind(until);
             sep = " AND ";
         }
-        if let Some(id) = before_id {
-            q.push(sep).push("id < ").push_bind(id);
+        if let Some(c) = before {
+            q.push(sep)
+                .push("(received_at, id) < (")
+                .push_bind(c.received_at_ms)
+                .push(", ")
+                .push_bind(c.id)
+                .push(")");
+        }
+    }
+}
+
+/// A position in the newest-first order: the last lead a page returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub received_at_ms: i64,
+    pub id: i64,
+}
+
+impl LeadRow {
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            received_at_ms: self.received_at,
+            id: self.id,
         }
     }
 }
@@ -109,60 +131,67 @@ pub async fn by_wamid(pool: &SqlitePool, wamid: &str) -> Result<Option<LeadRow>,
         .await
 }
 
-/// One page, newest first: at most `limit` leads with ids below `before_id`.
+fn push_page<'a>(
+    q: &mut QueryBuilder<'a, Sqlite>,
+    filter: &'a LeadFilter,
+    before: Option<Cursor>,
+    limit: u32,
+) {
+    q.push(format_args!("SELECT {COLUMNS} FROM leads"));
+    filter.push_where(q, before);
+    q.push(" ORDER BY received_at DESC, id DESC LIMIT ")
+        .push_bind(i64::from(limit));
+}
+
+/// One page, newest first: at most `limit` leads after `before`.
 pub async fn page(
     pool: &SqlitePool,
     filter: &LeadFilter,
-    before_id: Option<i64>,
+    before: Option<Cursor>,
     limit: u32,
 ) -> Result<Vec<LeadRow>, sqlx::Error> {
-    let mut q = QueryBuilder::new(format!("SELECT {COLUMNS} FROM leads"));
-    filter.push_where(&mut q, before_id);
-    q.push(" ORDER BY id DESC LIMIT ")
-        .push_bind(i64::from(limit));
+    let mut q = QueryBuilder::new("");
+    push_page(&mut q, filter, before, limit);
     q.build_query_as().fetch_all(pool).await
 }
 
-/// Every matching lead, newest first, as a stream: rows are read as they are sent.
-pub fn stream(
-    pool: SqlitePool,
-    filter: LeadFilter,
-) -> BoxStream<'static, Result<LeadRow, sqlx::Error>> {
-    async_stream(pool, filter).boxed()
+/// SQLite's plan for a page with `filter`, one line per step (for tests and benchmarks).
+pub async fn page_plan(
+    pool: &SqlitePool,
+    filter: &LeadFilter,
+    before: Option<Cursor>,
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut q = QueryBuilder::new("EXPLAIN QUERY PLAN ");
+    push_page(&mut q, filter, before, 50);
+    let rows: Vec<(i64, i64, i64, String)> = q.build_query_as().fetch_all(pool).await?;
+    Ok(rows.into_iter().map(|r| r.3).collect())
 }
 
-fn async_stream(
+/// Every matching lead, newest first, a page at a time: memory holds one page, and no read
+/// transaction stays open for the whole export (which would hold back WAL checkpoints).
+pub fn pages(
     pool: SqlitePool,
     filter: LeadFilter,
-) -> impl futures_util::Stream<Item = Result<LeadRow, sqlx::Error>> {
-    // Walk in keyset pages, so no read transaction stays open for the whole export (which would
-    // stop WAL checkpoints) and memory holds one page at a time.
-    const PAGE: u32 = 1000;
+    page_size: u32,
+) -> BoxStream<'static, Result<Vec<LeadRow>, sqlx::Error>> {
     futures_util::stream::unfold(
-        (pool, filter, None::<i64>, false),
-        |(pool, filter, before, done)| async move {
+        (pool, filter, None::<Cursor>, false),
+        move |(pool, filter, before, done)| async move {
             if done {
                 return None;
             }
-            match page(&pool, &filter, before, PAGE).await {
+            match page(&pool, &filter, before, page_size).await {
+                Ok(rows) if rows.is_empty() => None,
                 Ok(rows) => {
-                    let last = rows.last().map(|r| r.id);
-                    let done = rows.len() < PAGE as usize;
-                    let items: Vec<Result<LeadRow, sqlx::Error>> =
-                        rows.into_iter().map(Ok).collect();
-                    Some((
-                        futures_util::stream::iter(items),
-                        (pool, filter, last.or(before), done || last.is_none()),
-                    ))
+                    let last = rows.last().map(LeadRow::cursor);
+                    let done = rows.len() < page_size as usize;
+                    Some((Ok(rows), (pool, filter, last, done)))
                 }
-                Err(err) => Some((
-                    futures_util::stream::iter(vec![Err(err)]),
-                    (pool, filter, before, true),
-                )),
+                Err(err) => Some((Err(err), (pool, filter, before, true))),
             }
         },
     )
-    .flatten()
+    .boxed()
 }
 
 /// Leads per ad and per UTC day.

@@ -2,4 +2,5 @@
 //! Graph. One binary with modules, so the suite links once.
 
 mod helpers;
+mod leads;
 mod webhook;

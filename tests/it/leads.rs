@@ -1,0 +1,592 @@
+//! `/v1/leads`: filters, keyset paging, look-up, export, stats, auth and the query plans.
+
+use std::collections::BTreeSet;
+
+use ctwa_leads::store::leads::{page_plan, LeadFilter};
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+struct L<'a> {
+    wamid: &'a str,
+    from: &'a str,
+    user_id: Option<&'a str>,
+    ad: &'a str,
+    source_type: &'a str,
+    ref_: &'a str,
+    pn: &'a str,
+    waba: &'a str,
+}
+
+/// Stores one lead through a signed delivery, with the given attributes.
+async fn capture(app: &TestApp, l: L<'_>) {
+    let mut msg = referral_message(l.wamid, l.from, l.ad);
+    msg["referral"]["source_type"] = json!(l.source_type);
+    msg["referral"]["ref"] = json!(l.ref_);
+    if let Some(u) = l.user_id {
+        msg["from_user_id"] = json!(u);
+    }
+    let body = delivery_of(vec![(
+        l.waba,
+        vec![(
+            "messages",
+            value(l.pn, json!([contact(l.from, "N")]), json!([msg])),
+        )],
+    )]);
+    assert_eq!(app.deliver(&body).await.status(), 200);
+}
+
+async fn seed(app: &TestApp) {
+    let rows = [
+        L {
+            wamid: "w1",
+            from: "111",
+            user_id: Some("US.1"),
+            ad: "AD1",
+            source_type: "ad",
+            ref_: "r1",
+            pn: "PN1",
+            waba: "WA1",
+        },
+        L {
+            wamid: "w2",
+            from: "222",
+            user_id: None,
+            ad: "AD1",
+            source_type: "post",
+            ref_: "r2",
+            pn: "PN1",
+            waba: "WA1",
+        },
+        L {
+            wamid: "w3",
+            from: "333",
+            user_id: None,
+            ad: "AD2",
+            source_type: "ad",
+            ref_: "r1",
+            pn: "PN2",
+            waba: "WA1",
+        },
+        L {
+            wamid: "w4",
+            from: "111",
+            user_id: Some("US.1"),
+            ad: "AD2",
+            source_type: "ad",
+            ref_: "r3",
+            pn: "PN2",
+            waba: "WA2",
+        },
+        L {
+            wamid: "w5",
+            from: "555",
+            user_id: None,
+            ad: "AD3",
+            source_type: "ad",
+            ref_: "r1",
+            pn: "PN3",
+            waba: "WA2",
+        },
+    ];
+    for l in rows {
+        capture(app, l).await;
+    }
+}
+
+async fn wamids(app: &TestApp, query: &str) -> Vec<String> {
+    let res = app.get(&format!("/v1/leads?{query}")).send().await.unwrap();
+    assert_eq!(res.status(), 200, "{query}");
+    let page: Value = res.json().await.unwrap();
+    page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["wamid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn every_filter_selects_exactly_its_leads_newest_first() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    let cases = [
+        ("", vec!["w5", "w4", "w3", "w2", "w1"]),
+        ("source_id=AD1", vec!["w2", "w1"]),
+        ("ctwa_clid=clid-w3", vec!["w3"]),
+        ("ref=r1", vec!["w5", "w3", "w1"]),
+        ("source_type=post", vec!["w2"]),
+        ("wa_id=111", vec!["w4", "w1"]),
+        ("user_id=US.1", vec!["w4", "w1"]),
+        ("phone_number_id=PN2", vec!["w4", "w3"]),
+        ("waba_id=WA2", vec!["w5", "w4"]),
+        ("ref=r1&waba_id=WA1", vec!["w3", "w1"]),
+        ("source_id=NOPE", vec![]),
+        ("since=0", vec!["w5", "w4", "w3", "w2", "w1"]),
+        ("until=0", vec![]),
+        ("since=2999-01-01T00:00:00Z", vec![]),
+    ];
+    for (query, expected) in cases {
+        assert_eq!(wamids(&app, query).await, expected, "{query}");
+    }
+}
+
+#[tokio::test]
+async fn since_and_until_bound_the_received_time() {
+    let app = spawn_app().await;
+    assert_eq!(app.deliver(&one_lead("early")).await.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    assert_eq!(app.deliver(&one_lead("late")).await.status(), 200);
+    let page: Value = app
+        .get("/v1/leads")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let late_at = page["data"][0]["received_at"].as_str().unwrap().to_owned();
+    let early_at = page["data"][1]["received_at"].as_str().unwrap().to_owned();
+    assert_ne!(late_at, early_at);
+    assert_eq!(wamids(&app, &format!("since={late_at}")).await, ["late"]);
+    assert_eq!(wamids(&app, &format!("until={early_at}")).await, ["early"]);
+    assert_eq!(
+        wamids(&app, &format!("since={early_at}&until={late_at}")).await,
+        ["late", "early"]
+    );
+}
+
+#[tokio::test]
+async fn a_lead_has_every_documented_field() {
+    let app = spawn_app().await;
+    let mut msg = referral_message("wamid.full", "4911", "AD1");
+    msg["referral"]["welcome_message"] = json!({"text": "Welcome"});
+    assert_eq!(
+        app.deliver(&delivery(value(
+            "PN1",
+            json!([contact("4911", "Ana")]),
+            json!([msg])
+        )))
+        .await
+        .status(),
+        200
+    );
+    let page: Value = app
+        .get("/v1/leads")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lead = &page["data"][0];
+    for key in [
+        "id",
+        "wamid",
+        "waba_id",
+        "phone_number_id",
+        "display_phone_number",
+        "wa_id",
+        "user_id",
+        "profile_name",
+        "message_type",
+        "text",
+        "timestamp",
+        "received_at",
+        "referral",
+    ] {
+        assert!(lead.get(key).is_some(), "{key} missing in {lead}");
+    }
+    for key in [
+        "source_url",
+        "source_id",
+        "source_type",
+        "headline",
+        "body",
+        "media_type",
+        "image_url",
+        "video_url",
+        "thumbnail_url",
+        "ctwa_clid",
+        "ref",
+        "welcome_message",
+    ] {
+        assert!(
+            lead["referral"].get(key).is_some(),
+            "referral.{key} missing in {lead}"
+        );
+    }
+    assert_eq!(lead["timestamp"], "2024-11-22T08:00:00Z");
+    assert!(lead["received_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(lead["user_id"], Value::Null);
+    assert_eq!(lead["referral"]["video_url"], Value::Null);
+    assert_eq!(lead["referral"]["welcome_message"]["text"], "Welcome");
+    assert!(
+        page["paging"].get("next").is_none(),
+        "no next on the last page"
+    );
+    let one: Value = app
+        .get(&format!("/v1/leads/{}", lead["id"]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(&one, lead);
+}
+
+#[tokio::test]
+async fn paging_visits_every_lead_once_even_while_leads_arrive() {
+    let app = spawn_app().await;
+    for i in 0..7 {
+        assert_eq!(app.deliver(&one_lead(&format!("p{i}"))).await.status(), 200);
+    }
+    let mut seen = Vec::new();
+    let mut url = app.url("/v1/leads?limit=2&source_id=AD1");
+    let mut pages = 0;
+    loop {
+        let page: Value = app
+            .client
+            .get(&url)
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        pages += 1;
+        for l in page["data"].as_array().unwrap() {
+            seen.push(l["wamid"].as_str().unwrap().to_owned());
+        }
+        // New leads land between page fetches.
+        assert_eq!(
+            app.deliver(&one_lead(&format!("new{pages}")))
+                .await
+                .status(),
+            200
+        );
+        match page["paging"]["next"].as_str() {
+            Some(next) => {
+                assert!(
+                    next.contains("limit=2") && next.contains("source_id=AD1"),
+                    "{next}"
+                );
+                assert_eq!(
+                    page["paging"]["cursors"]["after"]
+                        .as_str()
+                        .map(|a| next.contains(a)),
+                    Some(true)
+                );
+                url = next.to_owned();
+            }
+            None => {
+                assert!(page["paging"]["cursors"].get("after").is_none());
+                break;
+            }
+        }
+        assert!(pages < 20, "paging does not end");
+    }
+    let unique: BTreeSet<_> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "duplicates in {seen:?}");
+    for i in 0..7 {
+        assert!(
+            unique.contains(&format!("p{i}")),
+            "p{i} skipped in {seen:?}"
+        );
+    }
+    assert_eq!(pages, 4);
+}
+
+#[tokio::test]
+async fn every_v1_route_needs_the_bearer_token() {
+    let app = spawn_app().await;
+    for path in [
+        "/v1/leads",
+        "/v1/leads/1",
+        "/v1/leads/export",
+        "/v1/leads/stats",
+    ] {
+        let none = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(none.status(), 401, "{path}");
+        let err: Value = none.json().await.unwrap();
+        assert_eq!(err["error"]["code"], 401);
+        let wrong = app
+            .client
+            .get(app.url(path))
+            .bearer_auth("not-it")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{path}");
+        let basic = app
+            .client
+            .get(app.url(path))
+            .header("authorization", format!("Basic {API_TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(basic.status(), 401, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_lead_is_404() {
+    let app = spawn_app().await;
+    for id in ["999", "abc"] {
+        let res = app.get(&format!("/v1/leads/{id}")).send().await.unwrap();
+        assert_eq!(res.status(), 404, "{id}");
+        let err: Value = res.json().await.unwrap();
+        assert_eq!(err["error"]["type"], "not_found");
+    }
+}
+
+#[tokio::test]
+async fn bad_parameters_get_400_naming_them() {
+    let app = spawn_app().await;
+    let cases = [
+        ("/v1/leads?limit=0", "limit"),
+        ("/v1/leads?limit=501", "limit"),
+        ("/v1/leads?limit=ten", "limit"),
+        ("/v1/leads?since=yesterday", "since"),
+        ("/v1/leads?until=2024-13-01", "until"),
+        ("/v1/leads?after=garbage!", "after"),
+        ("/v1/leads/export?format=xml", "format"),
+        ("/v1/leads/stats?since=soon", "since"),
+        ("/v1/leads/export?until=x", "until"),
+    ];
+    for (path, name) in cases {
+        let res = app.get(path).send().await.unwrap();
+        assert_eq!(res.status(), 400, "{path}");
+        let err: Value = res.json().await.unwrap();
+        assert!(
+            err["error"]["message"].as_str().unwrap().contains(name),
+            "{path}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn csv_export_round_trips_awkward_names() {
+    let app = spawn_app().await;
+    let awkward = "Smith, \"Jo\"\nsecond line";
+    let body = delivery(value(
+        "PN1",
+        json!([contact("4911", awkward)]),
+        json!([referral_message("w.csv", "4911", "AD1")]),
+    ));
+    assert_eq!(app.deliver(&body).await.status(), 200);
+    assert_eq!(app.deliver(&one_lead("w.other")).await.status(), 200);
+    let res = app.get("/v1/leads/export?format=csv").send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    let disposition = res.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        disposition.starts_with("attachment; filename=\"leads-") && disposition.ends_with(".csv\"")
+    );
+    let text = res.text().await.unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    assert_eq!(headers.len(), 24);
+    for col in [
+        "wamid",
+        "profile_name",
+        "source_id",
+        "ctwa_clid",
+        "ref",
+        "welcome_message",
+        "received_at",
+    ] {
+        assert!(headers.iter().any(|h| h == col), "{col}");
+    }
+    let records: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    assert_eq!(records.len(), 2);
+    let name_col = headers.iter().position(|h| h == "profile_name").unwrap();
+    let wamid_col = headers.iter().position(|h| h == "wamid").unwrap();
+    let row = records.iter().find(|r| &r[wamid_col] == "w.csv").unwrap();
+    assert_eq!(&row[name_col], awkward);
+}
+
+#[tokio::test]
+async fn ndjson_export_has_one_line_per_matching_lead() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    let text = app
+        .get("/v1/leads/export?format=ndjson&ref=r1")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines.iter().all(|l| l["referral"]["ref"] == "r1"));
+    let all = app
+        .get("/v1/leads/export?format=ndjson")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(all.lines().count(), 5);
+}
+
+#[tokio::test]
+async fn export_streams_past_one_page() {
+    let app = spawn_app().await;
+    let messages: Vec<Value> = (0..2500)
+        .map(|i| referral_message(&format!("bulk{i}"), "4911", "AD1"))
+        .collect();
+    let body = delivery(value(
+        "PN1",
+        json!([contact("4911", "Bulk")]),
+        Value::Array(messages),
+    ));
+    assert_eq!(app.deliver(&body).await.status(), 200);
+    let text = app
+        .get("/v1/leads/export?format=csv")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let ids: BTreeSet<String> = reader.records().map(|r| r.unwrap()[1].to_owned()).collect();
+    assert_eq!(ids.len(), 2500);
+}
+
+#[tokio::test]
+async fn stats_count_leads_per_ad_and_day() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    let stats: Value = app
+        .get("/v1/leads/stats")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let mut got: Vec<(String, i64)> = stats["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["day"], today.as_str());
+            (
+                r["source_id"].as_str().unwrap().to_owned(),
+                r["leads"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [("AD1".into(), 2), ("AD2".into(), 2), ("AD3".into(), 1)]
+    );
+    let filtered: Value = app
+        .get("/v1/leads/stats?waba_id=WA2")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(filtered["data"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn openapi_lists_every_route() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let expected = [
+        ("/webhook", "get"),
+        ("/webhook", "post"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/v1/leads", "get"),
+        ("/v1/leads/{id}", "get"),
+        ("/v1/leads/export", "get"),
+        ("/v1/leads/stats", "get"),
+        ("/v1/welcome_message_sequences", "get"),
+        ("/v1/welcome_message_sequences", "post"),
+        ("/v1/welcome_message_sequences", "delete"),
+        ("/v1/message_templates", "get"),
+        ("/v1/message_templates", "post"),
+        ("/v1/message_templates", "delete"),
+    ];
+    for (path, method) in expected {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} missing from /openapi.json"
+        );
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[tokio::test]
+async fn every_single_filter_page_is_index_backed() {
+    let app = spawn_app().await;
+    let set = |f: fn(&mut LeadFilter)| {
+        let mut filter = LeadFilter::default();
+        f(&mut filter);
+        filter
+    };
+    let filters = [
+        set(|_| {}),
+        set(|f| f.source_id = Some("x".into())),
+        set(|f| f.ctwa_clid = Some("x".into())),
+        set(|f| f.ref_ = Some("x".into())),
+        set(|f| f.source_type = Some("x".into())),
+        set(|f| f.wa_id = Some("x".into())),
+        set(|f| f.user_id = Some("x".into())),
+        set(|f| f.phone_number_id = Some("x".into())),
+        set(|f| f.waba_id = Some("x".into())),
+        set(|f| f.since_ms = Some(0)),
+        set(|f| f.until_ms = Some(0)),
+    ];
+    let cursor = Some(ctwa_leads::store::leads::Cursor {
+        received_at_ms: 1,
+        id: 1,
+    });
+    for filter in &filters {
+        for before in [None, cursor] {
+            let plan = page_plan(app.store.read_pool(), filter, before)
+                .await
+                .unwrap()
+                .join(" | ");
+            assert!(
+                plan.contains("USING INDEX") || plan.contains("USING COVERING INDEX"),
+                "{filter:?}: {plan}"
+            );
+            assert!(!plan.contains("TEMP B-TREE"), "{filter:?} sorts: {plan}");
+            assert!(
+                !plan.starts_with("SCAN leads") || plan.contains("INDEX"),
+                "{filter:?}: {plan}"
+            );
+        }
+    }
+}
