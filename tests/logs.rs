@@ -73,6 +73,15 @@ async fn no_secret_reaches_a_log_line() {
         .send()
         .await
         .unwrap();
+    // A Graph call carries the access token; wiremock's default 404 is not JSON: a 502.
+    assert_eq!(
+        app.get("/v1/message_templates")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        502
+    );
     tracing::info!(settings = ?helpers::settings(std::path::Path::new("x.db"), "http://g"), "settings debug print");
 
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();

@@ -16,7 +16,8 @@ pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// A client mistake: the message names what was wrong.
+    /// An error whose message is safe to send: a client mistake (naming what was wrong), or a
+    /// gateway failure that says what happened.
     #[error("{message}")]
     Client {
         status: StatusCode,
