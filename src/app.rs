@@ -25,6 +25,7 @@ struct Inner {
     store: Store,
     graph: GraphClient,
     max_body_bytes: usize,
+    admission: crate::webhook::admission::Admission,
     request_timeout: std::time::Duration,
     ceiling_mode: bool,
 }
@@ -47,6 +48,9 @@ impl AppState {
     }
     pub fn max_body_bytes(&self) -> usize {
         self.0.max_body_bytes
+    }
+    pub fn admission(&self) -> &crate::webhook::admission::Admission {
+        &self.0.admission
     }
     pub fn request_timeout(&self) -> std::time::Duration {
         self.0.request_timeout
@@ -87,6 +91,11 @@ impl Application {
             store,
             graph,
             max_body_bytes: settings.server.max_body_bytes,
+            admission: crate::webhook::admission::Admission::new(
+                settings.ingest.max_in_flight,
+                settings.ingest.max_in_flight_bytes,
+                settings.server.max_body_bytes,
+            ),
             request_timeout: std::time::Duration::from_secs(settings.server.request_timeout_secs),
             ceiling_mode: settings.ingest.ceiling_mode,
         }));

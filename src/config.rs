@@ -62,12 +62,25 @@ impl Default for ServerSettings {
     }
 }
 
+/// SQLite's `synchronous` level for the write connection.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// fsync at every commit: an acknowledged lead survives power loss.
+    #[default]
+    Full,
+    /// fsync at checkpoints only: survives a process crash, may lose the last commits on
+    /// power loss.
+    Normal,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
     pub url: String,
     /// Connections in the read pool (the single writer has its own).
     pub read_connections: u32,
+    pub synchronous: Durability,
 }
 
 impl Default for DatabaseSettings {
@@ -75,6 +88,7 @@ impl Default for DatabaseSettings {
         Self {
             url: "sqlite://data/ctwa-leads.db".into(),
             read_connections: 4,
+            synchronous: Durability::Full,
         }
     }
 }
@@ -131,6 +145,10 @@ pub struct IngestSettings {
     pub queue_capacity: usize,
     /// Deliveries committed together in one transaction, at most.
     pub max_batch: usize,
+    /// Deliveries being received or awaiting their commit; past this, a fast 503.
+    pub max_in_flight: usize,
+    /// Body bytes those deliveries may hold (reserved from `Content-Length` before reading).
+    pub max_in_flight_bytes: usize,
     /// Verify and parse, but store nothing: the benchmark's ceiling. Never for production.
     pub ceiling_mode: bool,
 }
@@ -140,6 +158,8 @@ impl Default for IngestSettings {
         Self {
             queue_capacity: 4096,
             max_batch: 512,
+            max_in_flight: 1024,
+            max_in_flight_bytes: 64 * 1024 * 1024,
             ceiling_mode: false,
         }
     }
@@ -316,6 +336,13 @@ impl Settings {
         if raw.server.request_timeout_secs == 0 {
             return Err(ConfigError::Invalid(
                 "server.request_timeout_secs must be above 0".into(),
+            ));
+        }
+        if raw.ingest.max_in_flight == 0
+            || raw.ingest.max_in_flight_bytes < raw.server.max_body_bytes
+        {
+            return Err(ConfigError::Invalid(
+                "ingest.max_in_flight must be above 0 and ingest.max_in_flight_bytes at least server.max_body_bytes".into(),
             ));
         }
         if raw.graph.timeout_secs == 0 {

@@ -44,7 +44,7 @@ struct ApiDoc;
 /// same routers, so it cannot drift from what is served.
 pub fn router(state: AppState) -> Router {
     let public = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(crate::webhook::router(state.max_body_bytes()))
+        .merge(crate::webhook::router(&state))
         .routes(routes!(healthz))
         .routes(routes!(readyz));
     let (public, mut doc) = public.split_for_parts();

@@ -18,7 +18,7 @@ use sqlx::{ConnectOptions, Connection, SqliteConnection};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DatabaseSettings, IngestSettings};
+use crate::config::{DatabaseSettings, Durability, IngestSettings};
 pub use writer::{IngestError, NewEvent};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -47,6 +47,7 @@ pub struct Store {
 /// The writer task, stopped on shutdown.
 pub struct WriterTask {
     handle: JoinHandle<()>,
+    checkpointer: JoinHandle<()>,
     stop: CancellationToken,
 }
 
@@ -58,17 +59,61 @@ impl WriterTask {
         if let Err(err) = self.handle.await {
             tracing::error!(%err, "the writer task failed");
         }
+        if let Err(err) = self.checkpointer.await {
+            tracing::error!(%err, "the checkpointer task failed");
+        }
     }
 }
 
-fn connect_options(path: &Path) -> SqliteConnectOptions {
+/// Copies WAL frames into the database file from its own connection, so the writer's thread
+/// spends its time on commits. PASSIVE never waits for, nor blocks, readers or the writer.
+async fn checkpoint_loop(options: SqliteConnectOptions, stop: CancellationToken) {
+    let mut conn: Option<SqliteConnection> = None;
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+        }
+        if conn.is_none() {
+            conn = options.connect().await.ok();
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut *c)
+            .await
+        {
+            Ok(_) => failing = false,
+            Err(err) => {
+                if !failing {
+                    tracing::warn!(%err, "WAL checkpoint failed; the writer's own checkpoints take over");
+                }
+                failing = true;
+                conn = None;
+            }
+        }
+    }
+    if let Some(c) = conn {
+        let _ = c.close().await;
+    }
+}
+
+/// WAL pages after which the writer checkpoints by itself, should the checkpointer fall behind.
+const WRITER_AUTOCHECKPOINT_PAGES: u32 = 20_000;
+/// How often the checkpointer copies WAL frames into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+fn connect_options(path: &Path, synchronous: Durability) -> SqliteConnectOptions {
     SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        // FULL: an acknowledged lead survives power loss, not just a process crash. Group commit
-        // makes the extra fsync per batch cheap (see the README's performance section).
-        .synchronous(SqliteSynchronous::Full)
+        // FULL (the default): an acknowledged lead survives power loss, not just a process
+        // crash; group commit makes it one fsync per batch (see the README's durability section).
+        .synchronous(match synchronous {
+            Durability::Full => SqliteSynchronous::Full,
+            Durability::Normal => SqliteSynchronous::Normal,
+        })
         .busy_timeout(Duration::from_secs(5))
         .foreign_keys(false)
         .disable_statement_logging()
@@ -94,10 +139,19 @@ async fn open_writer(
         .path()
         .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
     ensure_folder(&path)?;
-    let options = connect_options(&path);
-    let mut conn = options.connect().await?;
+    let options = connect_options(&path, settings.synchronous);
+    let writer_options = options
+        .clone()
+        // The writer's own page cache (KiB): index pages stay hot between batches.
+        .pragma("cache_size", "-16384")
+        // A backstop only: the checkpointer task keeps the WAL short, off the writer's thread.
+        .pragma(
+            "wal_autocheckpoint",
+            WRITER_AUTOCHECKPOINT_PAGES.to_string(),
+        );
+    let mut conn = writer_options.connect().await?;
     MIGRATOR.run(&mut conn).await?;
-    Ok((conn, options))
+    Ok((conn, writer_options))
 }
 
 /// Applies migrations and closes: `ctwa-leads migrate`.
@@ -115,6 +169,7 @@ pub async fn open(
     let (conn, options) = open_writer(settings).await?;
     let read_options = options
         .clone()
+        .pragma("cache_size", "-2000")
         .create_if_missing(false)
         .pragma("query_only", "ON");
     let read = SqlitePoolOptions::new()
@@ -125,6 +180,7 @@ pub async fn open(
         .await?;
     let healthy = Arc::new(AtomicBool::new(true));
     let stop = CancellationToken::new();
+    let checkpointer = tokio::spawn(checkpoint_loop(options.clone(), stop.clone()));
     let (writer, handle) = writer::Writer::new(conn, options, ingest.max_batch, healthy.clone())
         .await?
         .spawn(ingest.queue_capacity, stop.clone());
@@ -134,7 +190,11 @@ pub async fn open(
             writer,
             healthy,
         },
-        WriterTask { handle, stop },
+        WriterTask {
+            handle,
+            checkpointer,
+            stop,
+        },
     ))
 }
 

@@ -15,10 +15,24 @@ use tokio_util::sync::CancellationToken;
 
 use crate::leads::extract::{NewLead, ParseStatus};
 
-/// SQLite allows 32766 bound parameters per statement; stay well below.
-const MAX_PARAMS: usize = 30_000;
-const EVENT_COLUMNS: usize = 5;
-const LEAD_COLUMNS: usize = 24;
+/// Rows per multi-row INSERT are powers of two up to this, so a batch of any size is written
+/// with at most a few statements of at most nine shapes per table, all of which stay in sqlx's
+/// prepared-statement cache. Preparing a fresh 700-parameter statement per batch cost more than
+/// the inserts themselves. 256 × 24 lead columns stays far below SQLite's 32766 parameters.
+const MAX_CHUNK: usize = 256;
+
+/// Splits `rows` into chunks whose lengths are powers of two (largest first).
+fn pow2_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if rows.is_empty() {
+            return None;
+        }
+        let size = MAX_CHUNK.min(1 << rows.len().ilog2());
+        let (chunk, rest) = rows.split_at(size);
+        rows = rest;
+        Some(chunk)
+    })
+}
 
 /// One verified delivery, as received.
 #[derive(Debug)]
@@ -120,7 +134,13 @@ impl Writer {
             if received == 0 {
                 break;
             }
+            let started = std::time::Instant::now();
             let result = self.commit(&batch).await;
+            tracing::debug!(
+                deliveries = batch.len(),
+                micros = started.elapsed().as_micros() as u64,
+                "batch"
+            );
             match &result {
                 Ok(()) => self.healthy.store(true, Ordering::Relaxed),
                 Err(err) => {
@@ -183,7 +203,7 @@ async fn write_batch(
 ) -> Result<(), sqlx::Error> {
     sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
     let events: Vec<(i64, &Job)> = (first_id..).zip(batch).collect();
-    for chunk in events.chunks(MAX_PARAMS / EVENT_COLUMNS) {
+    for chunk in pow2_chunks(&events) {
         let mut q: QueryBuilder<Sqlite> =
             QueryBuilder::new("INSERT INTO events (id, received_at, status, lead_count, body) ");
         q.push_values(chunk, |mut row, (id, job)| {
@@ -203,7 +223,7 @@ async fn write_batch(
                 .map(move |lead| (*id, job.event.received_at_ms, lead))
         })
         .collect();
-    for chunk in leads.chunks(MAX_PARAMS / LEAD_COLUMNS) {
+    for chunk in pow2_chunks(&leads) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO leads (wamid, event_id, received_at, waba_id, phone_number_id, \
              display_phone_number, wa_id, user_id, profile_name, message_type, text, timestamp, \
@@ -242,4 +262,23 @@ async fn write_batch(
     }
     sqlx::query("COMMIT").execute(&mut *conn).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_powers_of_two_and_cover_every_row() {
+        for n in [0usize, 1, 2, 3, 30, 255, 256, 257, 1000] {
+            let rows: Vec<usize> = (0..n).collect();
+            let chunks: Vec<&[usize]> = pow2_chunks(&rows).collect();
+            assert!(chunks
+                .iter()
+                .all(|c| c.len().is_power_of_two() && c.len() <= MAX_CHUNK));
+            assert_eq!(chunks.concat(), rows, "{n}");
+        }
+        let sizes: Vec<usize> = pow2_chunks(&[0; 30]).map(<[_]>::len).collect();
+        assert_eq!(sizes, [16, 8, 4, 2]);
+    }
 }

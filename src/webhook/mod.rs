@@ -3,6 +3,7 @@
 //! delivery and its leads are committed. Flow: [`verify`] → [`payload`] →
 //! `leads::extract` → `store`.
 
+pub mod admission;
 pub mod payload;
 pub mod verify;
 
@@ -26,10 +27,14 @@ use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::leads::extract::{extract, ParseStatus};
 use crate::store::{IngestError, NewEvent};
 
-pub fn router(max_body_bytes: usize) -> OpenApiRouter<AppState> {
+pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(challenge, receive))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(state.max_body_bytes()))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admission::admit,
+        ))
 }
 
 /// Answers Meta's subscription check with `hub.challenge` when mode and token match.
@@ -95,7 +100,7 @@ pub struct Ack {
         (status = 200, description = "Stored (or safely ignored)", body = Ack),
         (status = 401, description = "Missing, malformed or wrong signature", body = ErrorEnvelope),
         (status = 413, description = "Body over server.max_body_bytes", body = ErrorEnvelope),
-        (status = 503, description = "Not stored: overloaded or the database failed; Meta retries", body = ErrorEnvelope),
+        (status = 503, description = "Not stored: overloaded (shed before reading the body) or the database failed; Meta retries", body = ErrorEnvelope),
     )
 )]
 async fn receive(

@@ -498,3 +498,54 @@ async fn health_probes_answer() {
     let res = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert!(res.headers().contains_key("x-request-id"));
 }
+
+#[tokio::test]
+async fn a_flood_past_the_limits_is_shed_with_503_and_nothing_acknowledged_is_lost() {
+    let limits: [fn(&mut ctwa_leads::Settings); 2] = [
+        |s| s.ingest.max_in_flight = 3,
+        |s| {
+            s.ingest.queue_capacity = 1;
+            s.ingest.max_batch = 1;
+        },
+    ];
+    for limit in limits {
+        let app = spawn_with(limit).await;
+        let bodies: Vec<Vec<u8>> = (0..300)
+            .map(|i| one_lead(&format!("wamid.flood{i}")))
+            .collect();
+        let results = futures_util::future::join_all(bodies.iter().map(|b| app.deliver(b))).await;
+        let mut acked = Vec::new();
+        let mut shed = 0;
+        for (i, res) in results.into_iter().enumerate() {
+            match res.status().as_u16() {
+                200 => acked.push(format!("wamid.flood{i}")),
+                503 => {
+                    let err: Value = res.json().await.unwrap();
+                    assert_eq!(err["error"]["code"], 503);
+                    shed += 1;
+                }
+                other => panic!("unexpected status {other}"),
+            }
+        }
+        assert!(
+            shed > 0,
+            "300 concurrent deliveries against a tiny limit shed none"
+        );
+        for wamid in &acked {
+            assert!(
+                app.lead(wamid).await.is_some(),
+                "{wamid} was acknowledged but is not stored"
+            );
+        }
+        assert_eq!(
+            app.lead_count().await as usize,
+            acked.len(),
+            "a refused delivery was stored"
+        );
+        // The flood is over: the next delivery goes through.
+        assert_eq!(
+            app.deliver(&one_lead("wamid.after-flood")).await.status(),
+            200
+        );
+    }
+}
