@@ -82,7 +82,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let (store, writer) = crate::store::open(&settings.database, &settings.ingest).await?;
+        let (store, writer) =
+            crate::store::open(&settings.database, &settings.ingest, &settings.retention).await?;
         let graph = GraphClient::new(&settings.graph)?;
         let state = AppState(Arc::new(Inner {
             verifier: SignatureVerifier::new(&settings.webhook.app_secrets),

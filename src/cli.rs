@@ -33,6 +33,14 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Rebuild leads from the stored raw deliveries (idempotent), e.g. after a parser fix.
+    Reextract {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only deliveries received at or after this time (RFC 3339 or unix seconds).
+        #[arg(long)]
+        since: Option<String>,
+    },
     /// Send a signed Click-to-WhatsApp delivery to a running instance and print the answer.
     Simulate {
         #[arg(long, short)]
@@ -89,6 +97,30 @@ fn run_inner(cli: Cli) -> Result<ExitCode, ExitCode> {
                         ExitCode::FAILURE
                     })?;
                 println!("migrations applied to {}", settings.database.url);
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Reextract { config, since } => {
+            let settings = load(&config)?;
+            crate::telemetry::init(settings.log.format);
+            let since_ms = match since.as_deref().map(crate::leads::parse_time).transpose() {
+                Ok(v) => v,
+                Err(why) => {
+                    eprintln!("error: --since: {why}");
+                    return Err(ExitCode::from(2));
+                }
+            };
+            runtime()?.block_on(async {
+                let report = crate::store::maintenance::reextract(&settings.database, since_ms)
+                    .await
+                    .map_err(|err| {
+                        eprintln!("error: {err}");
+                        ExitCode::FAILURE
+                    })?;
+                println!(
+                    "re-extracted {} raw deliveries: {} new leads, {} re-flagged",
+                    report.events, report.new_leads, report.restatused
+                );
                 Ok(ExitCode::SUCCESS)
             })
         }

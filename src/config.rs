@@ -40,7 +40,27 @@ pub struct Settings {
     pub api: ApiSettings,
     pub graph: GraphSettings,
     pub ingest: IngestSettings,
+    pub retention: RetentionSettings,
     pub log: LogSettings,
+}
+
+/// How long raw deliveries are kept. Leads are never pruned.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Delete raw events older than this many days; 0 keeps them forever.
+    pub raw_events_days: u32,
+    /// Seconds between pruning passes.
+    pub interval_secs: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            raw_events_days: 30,
+            interval_secs: 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -196,6 +216,8 @@ struct RawSettings {
     #[serde(default)]
     ingest: IngestSettings,
     #[serde(default)]
+    retention: RetentionSettings,
+    #[serde(default)]
     log: LogSettings,
 }
 
@@ -345,6 +367,11 @@ impl Settings {
                 "ingest.max_in_flight must be above 0 and ingest.max_in_flight_bytes at least server.max_body_bytes".into(),
             ));
         }
+        if raw.retention.interval_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "retention.interval_secs must be above 0".into(),
+            ));
+        }
         if raw.graph.timeout_secs == 0 {
             return Err(ConfigError::Invalid(
                 "graph.timeout_secs must be above 0".into(),
@@ -367,6 +394,7 @@ impl Settings {
                 timeout_secs: raw.graph.timeout_secs,
             },
             ingest: raw.ingest,
+            retention: raw.retention,
             log: raw.log,
         })
     }

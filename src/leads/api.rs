@@ -84,20 +84,8 @@ impl FilterParams {
     }
 }
 
-/// RFC 3339, or whole unix seconds, to unix milliseconds.
 fn parse_time(name: &str, value: &str) -> Result<i64, ApiError> {
-    if let Ok(secs) = value.parse::<i64>() {
-        return secs
-            .checked_mul(1000)
-            .ok_or_else(|| ApiError::bad_request(format!("{name}: out of range")));
-    }
-    DateTime::parse_from_rfc3339(value)
-        .map(|t| t.timestamp_millis())
-        .map_err(|_| {
-            ApiError::bad_request(format!(
-                "{name}: expected an RFC 3339 time (2026-11-22T08:00:00Z) or unix seconds"
-            ))
-        })
+    super::parse_time(value).map_err(|why| ApiError::bad_request(format!("{name}: {why}")))
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]

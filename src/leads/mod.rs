@@ -3,3 +3,16 @@
 
 pub mod api;
 pub mod extract;
+
+/// RFC 3339, or whole unix seconds, to unix milliseconds: how `since` and `until` are written
+/// everywhere (API and CLI). The error says what is accepted.
+pub fn parse_time(value: &str) -> Result<i64, String> {
+    if let Ok(secs) = value.parse::<i64>() {
+        return secs
+            .checked_mul(1000)
+            .ok_or_else(|| "out of range".to_owned());
+    }
+    chrono::DateTime::parse_from_rfc3339(value)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| "expected an RFC 3339 time (2026-11-22T08:00:00Z) or unix seconds".to_owned())
+}

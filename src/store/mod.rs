@@ -3,6 +3,7 @@
 //! its folder, applies the embedded migrations, and starts the writer.
 
 pub mod leads;
+pub mod maintenance;
 pub mod writer;
 
 use std::path::Path;
@@ -18,7 +19,7 @@ use sqlx::{ConnectOptions, Connection, SqliteConnection};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DatabaseSettings, Durability, IngestSettings};
+use crate::config::{DatabaseSettings, Durability, IngestSettings, RetentionSettings};
 pub use writer::{IngestError, NewEvent};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -47,7 +48,8 @@ pub struct Store {
 /// The writer task, stopped on shutdown.
 pub struct WriterTask {
     handle: JoinHandle<()>,
-    checkpointer: JoinHandle<()>,
+    /// The checkpointer, and the retention pruner when enabled.
+    background: Vec<JoinHandle<()>>,
     stop: CancellationToken,
 }
 
@@ -59,8 +61,10 @@ impl WriterTask {
         if let Err(err) = self.handle.await {
             tracing::error!(%err, "the writer task failed");
         }
-        if let Err(err) = self.checkpointer.await {
-            tracing::error!(%err, "the checkpointer task failed");
+        for task in self.background {
+            if let Err(err) = task.await {
+                tracing::error!(%err, "a background store task failed");
+            }
         }
     }
 }
@@ -132,7 +136,7 @@ fn ensure_folder(path: &Path) -> Result<(), StoreError> {
 }
 
 /// Opens the write connection and brings the schema up to date.
-async fn open_writer(
+pub(crate) async fn open_writer(
     settings: &DatabaseSettings,
 ) -> Result<(SqliteConnection, SqliteConnectOptions), StoreError> {
     let path = settings
@@ -165,6 +169,7 @@ pub async fn migrate(settings: &DatabaseSettings) -> Result<(), StoreError> {
 pub async fn open(
     settings: &DatabaseSettings,
     ingest: &IngestSettings,
+    retention: &RetentionSettings,
 ) -> Result<(Store, WriterTask), StoreError> {
     let (conn, options) = open_writer(settings).await?;
     let read_options = options
@@ -180,7 +185,15 @@ pub async fn open(
         .await?;
     let healthy = Arc::new(AtomicBool::new(true));
     let stop = CancellationToken::new();
-    let checkpointer = tokio::spawn(checkpoint_loop(options.clone(), stop.clone()));
+    let mut background = vec![tokio::spawn(checkpoint_loop(options.clone(), stop.clone()))];
+    if retention.raw_events_days > 0 {
+        background.push(tokio::spawn(maintenance::prune_loop(
+            options.clone(),
+            retention.raw_events_days,
+            Duration::from_secs(retention.interval_secs),
+            stop.clone(),
+        )));
+    }
     let (writer, handle) = writer::Writer::new(conn, options, ingest.max_batch, healthy.clone())
         .await?
         .spawn(ingest.queue_capacity, stop.clone());
@@ -192,7 +205,7 @@ pub async fn open(
         },
         WriterTask {
             handle,
-            checkpointer,
+            background,
             stop,
         },
     ))

@@ -180,13 +180,68 @@ impl Writer {
                 Ok(())
             }
             Err(err) => {
-                if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
-                    self.conn = None;
+                // Roll back, and re-read the next event id in case the failure was a collision
+                // with a row written by someone else; a connection that cannot do either is
+                // replaced before the next batch.
+                let recovered = match sqlx::query("ROLLBACK").execute(&mut *conn).await {
+                    Ok(_) => next_event_id(conn).await.ok(),
+                    Err(_) => None,
+                };
+                match recovered {
+                    Some(id) => self.next_event_id = id,
+                    None => self.conn = None,
                 }
                 Err(err)
             }
         }
     }
+}
+
+/// Inserts `(event_id, received_at_ms, lead)` rows, skipping wamids already stored. Runs inside
+/// the caller's transaction; returns how many leads were new.
+pub(super) async fn insert_leads(
+    conn: &mut SqliteConnection,
+    leads: &[(i64, i64, &NewLead)],
+) -> Result<u64, sqlx::Error> {
+    let mut inserted = 0;
+    for chunk in pow2_chunks(leads) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO leads (wamid, event_id, received_at, waba_id, phone_number_id, \
+             display_phone_number, wa_id, user_id, profile_name, message_type, text, timestamp, \
+             source_url, source_id, source_type, headline, body, media_type, image_url, \
+             video_url, thumbnail_url, ctwa_clid, ref, welcome_message) ",
+        );
+        q.push_values(chunk, |mut row, (event_id, received_at, lead)| {
+            let r = &lead.referral;
+            row.push_bind(&lead.wamid)
+                .push_bind(*event_id)
+                .push_bind(*received_at)
+                .push_bind(&lead.waba_id)
+                .push_bind(&lead.phone_number_id)
+                .push_bind(&lead.display_phone_number)
+                .push_bind(&lead.wa_id)
+                .push_bind(&lead.user_id)
+                .push_bind(&lead.profile_name)
+                .push_bind(&lead.message_type)
+                .push_bind(&lead.text)
+                .push_bind(lead.timestamp)
+                .push_bind(&r.source_url)
+                .push_bind(&r.source_id)
+                .push_bind(&r.source_type)
+                .push_bind(&r.headline)
+                .push_bind(&r.body)
+                .push_bind(&r.media_type)
+                .push_bind(&r.image_url)
+                .push_bind(&r.video_url)
+                .push_bind(&r.thumbnail_url)
+                .push_bind(&r.ctwa_clid)
+                .push_bind(&r.ref_)
+                .push_bind(&r.welcome_message);
+        });
+        q.push(" ON CONFLICT (wamid) DO NOTHING");
+        inserted += q.build().execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(inserted)
 }
 
 async fn next_event_id(conn: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
@@ -223,43 +278,7 @@ async fn write_batch(
                 .map(move |lead| (*id, job.event.received_at_ms, lead))
         })
         .collect();
-    for chunk in pow2_chunks(&leads) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO leads (wamid, event_id, received_at, waba_id, phone_number_id, \
-             display_phone_number, wa_id, user_id, profile_name, message_type, text, timestamp, \
-             source_url, source_id, source_type, headline, body, media_type, image_url, \
-             video_url, thumbnail_url, ctwa_clid, ref, welcome_message) ",
-        );
-        q.push_values(chunk, |mut row, (event_id, received_at, lead)| {
-            let r = &lead.referral;
-            row.push_bind(&lead.wamid)
-                .push_bind(*event_id)
-                .push_bind(*received_at)
-                .push_bind(&lead.waba_id)
-                .push_bind(&lead.phone_number_id)
-                .push_bind(&lead.display_phone_number)
-                .push_bind(&lead.wa_id)
-                .push_bind(&lead.user_id)
-                .push_bind(&lead.profile_name)
-                .push_bind(&lead.message_type)
-                .push_bind(&lead.text)
-                .push_bind(lead.timestamp)
-                .push_bind(&r.source_url)
-                .push_bind(&r.source_id)
-                .push_bind(&r.source_type)
-                .push_bind(&r.headline)
-                .push_bind(&r.body)
-                .push_bind(&r.media_type)
-                .push_bind(&r.image_url)
-                .push_bind(&r.video_url)
-                .push_bind(&r.thumbnail_url)
-                .push_bind(&r.ctwa_clid)
-                .push_bind(&r.ref_)
-                .push_bind(&r.welcome_message);
-        });
-        q.push(" ON CONFLICT (wamid) DO NOTHING");
-        q.build().execute(&mut *conn).await?;
-    }
+    insert_leads(conn, &leads).await?;
     sqlx::query("COMMIT").execute(&mut *conn).await?;
     Ok(())
 }

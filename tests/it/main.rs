@@ -4,4 +4,5 @@
 mod graph;
 mod helpers;
 mod leads;
+mod maintenance;
 mod webhook;
