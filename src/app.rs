@@ -7,6 +7,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use secrecy::SecretString;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 use crate::config::Settings;
@@ -78,6 +84,7 @@ pub struct Application {
     router: axum::Router,
     store: Store,
     writer: WriterTask,
+    header_read_timeout: Duration,
 }
 
 impl Application {
@@ -109,6 +116,7 @@ impl Application {
             store: state.store().clone(),
             router: crate::http::router(state),
             writer,
+            header_read_timeout: Duration::from_secs(settings.server.header_read_timeout_secs),
         })
     }
 
@@ -137,32 +145,67 @@ impl Application {
             router,
             store,
             writer,
+            header_read_timeout,
         } = self;
-        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: finishing in-flight requests");
-            let _ = stopping_tx.send(());
-        });
-        let served = async {
-            tokio::select! {
-                res = server => res,
-                // A client that keeps its connection busy must not hold the exit hostage.
-                _ = async {
-                    let _ = stopping_rx.await;
-                    tokio::time::sleep(crate::http::SHUTDOWN_GRACE).await;
-                } => {
-                    tracing::warn!("grace period over: closing remaining connections");
-                    Ok(())
-                }
-            }
-        };
-        let result = served.await;
+        let result = serve(listener, router, header_read_timeout, shutdown).await;
         writer.shutdown().await;
         store.close().await;
         tracing::info!("stopped");
         result
     }
+}
+
+/// The accept loop. Like `axum::serve`, plus what it lacks: a deadline for a request's headers
+/// (a client that trickles them is cut off) and a bounded drain on shutdown.
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                tracing::debug!(error = %err, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: finishing in-flight requests");
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        // A client that keeps its connection busy must not hold the exit hostage.
+        _ = tokio::time::sleep(crate::http::SHUTDOWN_GRACE) => {
+            tracing::warn!("grace period over: closing remaining connections");
+        }
+    }
+    Ok(())
 }
 
 /// Resolves on SIGTERM or ctrl-c.

@@ -68,8 +68,10 @@ impl Default for RetentionSettings {
 pub struct ServerSettings {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
-    /// Whole-request deadline, headers and body included.
+    /// Deadline for reading a request's body and answering it.
     pub request_timeout_secs: u64,
+    /// Deadline for receiving a request's headers (slow-header clients are cut off).
+    pub header_read_timeout_secs: u64,
 }
 
 impl Default for ServerSettings {
@@ -78,6 +80,7 @@ impl Default for ServerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 3 * 1024 * 1024,
             request_timeout_secs: 30,
+            header_read_timeout_secs: 10,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod graph;
 mod helpers;
+mod hostile;
 mod leads;
 mod maintenance;
 mod webhook;
