@@ -74,14 +74,95 @@ pub fn db_path(dir: &TempDir) -> PathBuf {
     dir.path().join("nested").join("leads.db")
 }
 
+/// Everything the suite logs at DEBUG (wiremock's own request logs aside: it is the fake
+/// Graph), so that each test can check no secret and no payload reached a log line.
+#[derive(Clone, Default)]
+pub struct LogCapture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
+    type Writer = LogCapture;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+static CAPTURE: std::sync::OnceLock<Option<LogCapture>> = std::sync::OnceLock::new();
+
+fn init_logs() {
+    CAPTURE.get_or_init(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            ctwa_leads::telemetry::init(ctwa_leads::config::LogFormat::Text);
+            return None;
+        }
+        let capture = LogCapture::default();
+        tracing_subscriber::fmt()
+            .with_env_filter("debug,wiremock=off")
+            .with_writer(capture.clone())
+            .with_ansi(false)
+            .try_init()
+            .ok()
+            .map(|_| capture)
+    });
+}
+
+/// Secrets and payload content that must never appear in a log line.
+pub const NEVER_LOGGED: &[&str] = &[
+    VERIFY_TOKEN,
+    APP_SECRET,
+    ROTATED_SECRET,
+    API_TOKEN,
+    GRAPH_TOKEN,
+    "Hi, is this still available?",
+    "hub.verify_token",
+];
+
+/// What the suite has logged so far; `None` when logs go to the terminal (`TEST_LOG`).
+pub fn captured_logs() -> Option<String> {
+    let capture = CAPTURE.get()?.as_ref()?;
+    capture
+        .0
+        .lock()
+        .ok()
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+}
+
+/// Panics if the suite's captured logs hold a secret or payload text.
+pub fn assert_logs_clean() {
+    let Some(Some(capture)) = CAPTURE.get() else {
+        return;
+    };
+    let logs = capture
+        .0
+        .lock()
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+        .unwrap_or_default();
+    for needle in NEVER_LOGGED {
+        if let Some(at) = logs.find(needle) {
+            let start = logs[..at].rfind('\n').map_or(0, |i| i + 1);
+            let end = logs[at..].find('\n').map_or(logs.len(), |i| at + i);
+            panic!("{needle:?} reached a log line: {}", &logs[start..end]);
+        }
+    }
+}
+
 async fn spawn_in(
     dir: Arc<TempDir>,
     graph: MockServer,
     tweak: impl FnOnce(&mut Settings),
 ) -> TestApp {
-    if std::env::var_os("TEST_LOG").is_some() {
-        ctwa_leads::telemetry::init(ctwa_leads::config::LogFormat::Text);
-    }
+    init_logs();
     let mut s = settings(&db_path(&dir), &graph.uri());
     tweak(&mut s);
     let app = Application::build(s).await.expect("the app builds");
@@ -175,6 +256,9 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if !std::thread::panicking() {
+            assert_logs_clean();
         }
     }
 }

@@ -549,3 +549,28 @@ async fn a_flood_past_the_limits_is_shed_with_503_and_nothing_acknowledged_is_lo
         );
     }
 }
+
+#[tokio::test]
+async fn the_suite_log_capture_sees_the_service_so_its_secrecy_check_is_real() {
+    let app = spawn_app().await;
+    let challenge =
+        format!("/webhook?hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=7");
+    assert_eq!(
+        app.client
+            .get(app.url(&challenge))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(app.deliver(&one_lead("wamid.logged")).await.status(), 200);
+    if let Some(logs) = captured_logs() {
+        assert!(
+            logs.contains("path=/webhook"),
+            "the capture missed the request log"
+        );
+        assert!(logs.contains("finished processing request"));
+    }
+    // TestApp's drop then checks NEVER_LOGGED against everything captured.
+}
