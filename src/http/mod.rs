@@ -79,6 +79,8 @@ pub fn router(state: AppState) -> Router {
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .layer(CatchPanicLayer::custom(on_panic))
+                // The time-out's bare 408 gets the envelope like every other error.
+                .layer(middleware::map_response(envelope_timeouts))
                 // A deadline for reading the body and answering (a streamed export's body is
                 // not held to it). A client that trickles its body gets 408.
                 .layer(TimeoutLayer::with_status_code(
@@ -98,6 +100,18 @@ fn make_span(req: &Request) -> tracing::Span {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
     tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+}
+
+async fn envelope_timeouts(response: Response) -> Response {
+    if response.status() == StatusCode::REQUEST_TIMEOUT {
+        return ApiError::client(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request was not received and answered within server.request_timeout_secs",
+        )
+        .into_response();
+    }
+    response
 }
 
 fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response {

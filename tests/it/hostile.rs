@@ -66,6 +66,7 @@ async fn a_trickled_body_gets_408_and_nothing_is_stored() {
     stream.write_all(&body[..10]).await.unwrap();
     let answer = read_all(&mut stream, Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""type":"request_timeout""#), "{answer}");
     assert_eq!(app.event_count().await, 0);
 }
 
