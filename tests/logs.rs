@@ -1,39 +1,15 @@
 //! Logs never hold a secret: this binary installs its own subscriber at DEBUG, drives every
-//! path that handles a secret (the challenge's query string, signatures, bearer tokens, Graph
-//! settings, a failed start-up), and searches what was logged.
+//! path that handles a secret (the challenge's query string, signatures, bearer tokens, a Graph
+//! call, a `Debug` print of the settings), and searches what was logged.
 
 #[path = "it/helpers.rs"]
 mod helpers;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use helpers::*;
-use tracing_subscriber::fmt::MakeWriter;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 #[tokio::test]
 async fn no_secret_reaches_a_log_line() {
-    let capture = Capture::default();
+    let capture = LogCapture::default();
     tracing_subscriber::fmt()
         // wiremock is the fake Graph: it logs what *it* received, which is not our logging.
         .with_env_filter("debug,wiremock=off")
@@ -85,7 +61,7 @@ async fn no_secret_reaches_a_log_line() {
     );
     tracing::info!(settings = ?helpers::settings(std::path::Path::new("x.db"), "http://g"), "settings debug print");
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.contents();
     assert!(logs.contains("/webhook"), "the capture works: {logs}");
     let expected_tag = ctwa_leads::webhook::verify::sign(APP_SECRET, &body);
     for secret in [

@@ -79,6 +79,15 @@ pub fn db_path(dir: &TempDir) -> PathBuf {
 #[derive(Clone, Default)]
 pub struct LogCapture(Arc<std::sync::Mutex<Vec<u8>>>);
 
+impl LogCapture {
+    pub fn contents(&self) -> String {
+        self.0
+            .lock()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_default()
+    }
+}
+
 impl std::io::Write for LogCapture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if let Ok(mut v) = self.0.lock() {
@@ -143,11 +152,7 @@ pub fn assert_logs_clean() {
     let Some(Some(capture)) = CAPTURE.get() else {
         return;
     };
-    let logs = capture
-        .0
-        .lock()
-        .map(|v| String::from_utf8_lossy(&v).into_owned())
-        .unwrap_or_default();
+    let logs = capture.contents();
     for needle in NEVER_LOGGED {
         if let Some(at) = logs.find(needle) {
             let start = logs[..at].rfind('\n').map_or(0, |i| i + 1);
