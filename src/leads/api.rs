@@ -412,13 +412,13 @@ enum Format {
     Ndjson,
 }
 
-fn encode_page(format: Format, rows: &[LeadRow]) -> Result<Bytes, std::io::Error> {
+fn encode_page(format: Format, rows: Vec<LeadRow>) -> Result<Bytes, std::io::Error> {
     match format {
         Format::Csv => {
             let mut w = csv::WriterBuilder::new()
                 .has_headers(false)
                 .from_writer(Vec::with_capacity(rows.len() * 512));
-            for row in rows {
+            for row in &rows {
                 w.serialize(FlatLead::from(row))
                     .map_err(std::io::Error::other)?;
             }
@@ -429,7 +429,7 @@ fn encode_page(format: Format, rows: &[LeadRow]) -> Result<Bytes, std::io::Error
         Format::Ndjson => {
             let mut out = Vec::with_capacity(rows.len() * 700);
             for row in rows {
-                serde_json::to_writer(&mut out, &Lead::from(row.clone()))?;
+                serde_json::to_writer(&mut out, &Lead::from(row))?;
                 out.push(b'\n');
             }
             Ok(Bytes::from(out))
@@ -472,7 +472,7 @@ async fn export_leads(
             tracing::error!(%err, "export stopped: the database failed");
             std::io::Error::other("database error")
         })?;
-        encode_page(format, &rows)
+        encode_page(format, rows)
     }));
     let filename = format!("leads-{}.{ext}", Utc::now().format("%Y%m%dT%H%M%SZ"));
     Ok((

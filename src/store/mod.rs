@@ -7,7 +7,6 @@ pub mod maintenance;
 pub mod writer;
 
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -235,9 +234,4 @@ impl Store {
     pub async fn close(&self) {
         self.read.close().await;
     }
-}
-
-/// Parses a connection URL without opening it, for error messages at start-up.
-pub fn check_url(url: &str) -> Result<(), sqlx::Error> {
-    SqliteConnectOptions::from_str(url).map(|_| ())
 }

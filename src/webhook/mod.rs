@@ -27,6 +27,9 @@ use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::leads::extract::{extract, ParseStatus};
 use crate::store::{IngestError, NewEvent};
 
+/// Bodies above this are parsed on the blocking pool.
+const LARGE_BODY: usize = 64 * 1024;
+
 pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(challenge, receive))
@@ -118,7 +121,19 @@ async fn receive(
             err.to_string(),
         )
     })?;
-    let extracted = extract(verified.as_bytes());
+    // A large batch (up to 1000 messages, 3 MB) takes milliseconds to parse: off the async
+    // workers, so it does not stall other connections.
+    let (verified, extracted) = if verified.as_bytes().len() > LARGE_BODY {
+        tokio::task::spawn_blocking(move || {
+            let extracted = extract(verified.as_bytes());
+            (verified, extracted)
+        })
+        .await
+        .map_err(ApiError::internal)?
+    } else {
+        let extracted = extract(verified.as_bytes());
+        (verified, extracted)
+    };
     if extracted.status == ParseStatus::Invalid {
         tracing::warn!("a verified delivery is not JSON; stored raw and flagged");
     }
