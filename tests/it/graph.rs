@@ -62,13 +62,11 @@ async fn creating_a_sequence_forwards_a_form_with_the_sequence_as_a_json_string(
         .await;
     let seq = json!({"text": "Welcome", "autofill_message": {"content": "Hello!"}, "ice_breakers": [{"title": "Quick reply 1"}]});
     let res = app
-        .client
-        .post(app.url("/v1/welcome_message_sequences"))
-        .bearer_auth(API_TOKEN)
-        .json(&json!({"name": "Driver sign-up", "welcome_message_sequence": seq}))
-        .send()
-        .await
-        .unwrap();
+        .post_json(
+            "/v1/welcome_message_sequences",
+            &json!({"name": "Driver sign-up", "welcome_message_sequence": seq}),
+        )
+        .await;
     assert_eq!(res.status(), 200);
     assert_eq!(
         res.json::<Value>().await.unwrap(),
@@ -95,13 +93,11 @@ async fn updating_a_sequence_forwards_its_id_and_the_changed_fields() {
         .mount(&app.graph)
         .await;
     let res = app
-        .client
-        .post(app.url("/v1/welcome_message_sequences"))
-        .bearer_auth(API_TOKEN)
-        .json(&json!({"sequence_id": "186473890", "name": "Driver sign-up updated name"}))
-        .send()
-        .await
-        .unwrap();
+        .post_json(
+            "/v1/welcome_message_sequences",
+            &json!({"sequence_id": "186473890", "name": "Driver sign-up updated name"}),
+        )
+        .await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().await.unwrap(), json!({"success": true}));
     let req = &app.graph.received_requests().await.unwrap()[0];
@@ -152,21 +148,11 @@ async fn deleting_a_sequence_forwards_its_id_and_requires_it() {
         .mount(&app.graph)
         .await;
     let ok = app
-        .client
-        .delete(app.url("/v1/welcome_message_sequences?sequence_id=1234567890"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+        .delete("/v1/welcome_message_sequences?sequence_id=1234567890")
+        .await;
     assert_eq!(ok.status(), 200);
     assert_eq!(ok.json::<Value>().await.unwrap(), json!({"success": true}));
-    let missing = app
-        .client
-        .delete(app.url("/v1/welcome_message_sequences"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let missing = app.delete("/v1/welcome_message_sequences").await;
     assert_eq!(missing.status(), 400);
     let err: Value = missing.json().await.unwrap();
     assert!(err["error"]["message"]
@@ -195,12 +181,8 @@ async fn every_seed_sequence_error_code_is_passed_through_intact() {
             .mount(&app.graph)
             .await;
         let res = app
-            .client
-            .delete(app.url("/v1/welcome_message_sequences?sequence_id=1"))
-            .bearer_auth(API_TOKEN)
-            .send()
-            .await
-            .unwrap();
+            .delete("/v1/welcome_message_sequences?sequence_id=1")
+            .await;
         assert_eq!(res.status(), status, "{code}");
         assert_eq!(res.json::<Value>().await.unwrap(), err, "{code}");
     }
@@ -236,14 +218,7 @@ async fn sequence_validation_failures_make_no_graph_call() {
         (json!({"name": "", "welcome_message_sequence": {}}), "name"),
     ];
     for (body, field) in cases {
-        let res = app
-            .client
-            .post(app.url("/v1/welcome_message_sequences"))
-            .bearer_auth(API_TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let res = app.post_json("/v1/welcome_message_sequences", &body).await;
         assert_eq!(res.status(), 400, "{body}");
         let err: Value = res.json().await.unwrap();
         assert!(
@@ -343,14 +318,7 @@ async fn creating_a_template_forwards_the_json_body() {
         .expect(1)
         .mount(&app.graph)
         .await;
-    let res = app
-        .client
-        .post(app.url("/v1/message_templates"))
-        .bearer_auth(API_TOKEN)
-        .json(&template())
-        .send()
-        .await
-        .unwrap();
+    let res = app.post_json("/v1/message_templates", &template()).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().await.unwrap(), answer);
 }
@@ -395,14 +363,7 @@ async fn template_validation_failures_make_no_graph_call() {
     for (mutate, field) in cases {
         let mut body = template();
         mutate(&mut body);
-        let res = app
-            .client
-            .post(app.url("/v1/message_templates"))
-            .bearer_auth(API_TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let res = app.post_json("/v1/message_templates", &body).await;
         assert_eq!(res.status(), 400, "{field}");
         let err: Value = res.json().await.unwrap();
         assert!(
@@ -410,13 +371,7 @@ async fn template_validation_failures_make_no_graph_call() {
             "{field}: {err}"
         );
     }
-    let no_name = app
-        .client
-        .delete(app.url("/v1/message_templates?hsm_id=1"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let no_name = app.delete("/v1/message_templates?hsm_id=1").await;
     assert_eq!(no_name.status(), 400);
     app.graph.verify().await;
 }
@@ -446,13 +401,7 @@ async fn deleting_a_template_forwards_name_and_optional_hsm_id() {
         "name=order_confirmation",
         "name=order_confirmation&hsm_id=1667192013751005",
     ] {
-        let res = app
-            .client
-            .delete(app.url(&format!("/v1/message_templates?{q}")))
-            .bearer_auth(API_TOKEN)
-            .send()
-            .await
-            .unwrap();
+        let res = app.delete(&format!("/v1/message_templates?{q}")).await;
         assert_eq!(res.status(), 200, "{q}");
         assert_eq!(res.json::<Value>().await.unwrap(), json!({"success": true}));
     }
@@ -594,14 +543,7 @@ async fn a_reset_connection_is_502_and_only_a_get_is_retried() {
     assert!(!err.to_string().contains(GRAPH_TOKEN));
     assert_eq!(attempts.load(Ordering::SeqCst), 2, "a GET is tried twice");
     attempts.store(0, Ordering::SeqCst);
-    let res = app
-        .client
-        .post(app.url("/v1/message_templates"))
-        .bearer_auth(API_TOKEN)
-        .json(&template())
-        .send()
-        .await
-        .unwrap();
+    let res = app.post_json("/v1/message_templates", &template()).await;
     assert_eq!(res.status(), 502);
     assert_eq!(
         attempts.load(Ordering::SeqCst),
@@ -610,12 +552,8 @@ async fn a_reset_connection_is_502_and_only_a_get_is_retried() {
     );
     attempts.store(0, Ordering::SeqCst);
     let res = app
-        .client
-        .delete(app.url("/v1/welcome_message_sequences?sequence_id=1"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+        .delete("/v1/welcome_message_sequences?sequence_id=1")
+        .await;
     assert_eq!(res.status(), 502);
     assert_eq!(
         attempts.load(Ordering::SeqCst),

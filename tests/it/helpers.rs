@@ -252,8 +252,30 @@ impl TestApp {
             .len()
     }
 
+    /// An authorized `/v1` GET.
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
         self.client.get(self.url(path)).bearer_auth(API_TOKEN)
+    }
+
+    /// An authorized `/v1` POST of `body` as JSON.
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(API_TOKEN)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// An authorized `/v1` DELETE.
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .expect("request sent")
     }
 }
 
