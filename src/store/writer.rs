@@ -150,7 +150,8 @@ impl Writer {
             }
             let answer = result.map_err(|_| IngestError::Failed);
             for job in batch.drain(..) {
-                // A waiter that gave up (client gone) is no error: its data is committed.
+                // A waiter that gave up (its client hung up) simply gets no answer; whether its
+                // delivery is stored is what `answer` says, and Meta retries what it never saw.
                 let _ = job.done.send(answer);
             }
         }
