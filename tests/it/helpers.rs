@@ -257,6 +257,17 @@ impl TestApp {
         self.client.get(self.url(path)).bearer_auth(API_TOKEN)
     }
 
+    /// An authorized `/v1` GET that must answer JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.get(path)
+            .send()
+            .await
+            .expect("request sent")
+            .json()
+            .await
+            .expect("a JSON answer")
+    }
+
     /// An authorized `/v1` POST of `body` as JSON.
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
         self.client

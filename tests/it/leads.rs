@@ -137,14 +137,7 @@ async fn since_and_until_bound_the_received_time() {
     assert_eq!(app.deliver(&one_lead("early")).await.status(), 200);
     tokio::time::sleep(std::time::Duration::from_millis(30)).await;
     assert_eq!(app.deliver(&one_lead("late")).await.status(), 200);
-    let page: Value = app
-        .get("/v1/leads")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = app.get_json("/v1/leads").await;
     let late_at = page["data"][0]["received_at"].as_str().unwrap().to_owned();
     let early_at = page["data"][1]["received_at"].as_str().unwrap().to_owned();
     assert_ne!(late_at, early_at);
@@ -171,14 +164,7 @@ async fn a_lead_has_every_documented_field() {
         .status(),
         200
     );
-    let page: Value = app
-        .get("/v1/leads")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = app.get_json("/v1/leads").await;
     let lead = &page["data"][0];
     for key in [
         "id",
@@ -225,14 +211,7 @@ async fn a_lead_has_every_documented_field() {
         page["paging"].get("next").is_none(),
         "no next on the last page"
     );
-    let one: Value = app
-        .get(&format!("/v1/leads/{}", lead["id"]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let one: Value = app.get_json(&format!("/v1/leads/{}", lead["id"])).await;
     assert_eq!(&one, lead);
 }
 
@@ -472,14 +451,7 @@ async fn export_streams_past_one_page() {
 async fn stats_count_leads_per_ad_and_day() {
     let app = spawn_app().await;
     seed(&app).await;
-    let stats: Value = app
-        .get("/v1/leads/stats")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = app.get_json("/v1/leads/stats").await;
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
     let mut got: Vec<(String, i64)> = stats["data"]
         .as_array()
@@ -498,14 +470,7 @@ async fn stats_count_leads_per_ad_and_day() {
         got,
         [("AD1".into(), 2), ("AD2".into(), 2), ("AD3".into(), 1)]
     );
-    let filtered: Value = app
-        .get("/v1/leads/stats?waba_id=WA2")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let filtered: Value = app.get_json("/v1/leads/stats?waba_id=WA2").await;
     assert_eq!(filtered["data"].as_array().unwrap().len(), 2);
 }
 
