@@ -5,10 +5,11 @@
 
 use std::time::Duration;
 
-use sqlx::{Connection, SqliteConnection};
+use rusqlite::{params, Connection};
+use sqlx::SqliteConnection;
 use tokio_util::sync::CancellationToken;
 
-use super::writer::insert_leads;
+use super::writer::{insert_leads, open_connection};
 use super::StoreError;
 use crate::config::DatabaseSettings;
 use crate::leads::extract::extract;
@@ -32,44 +33,58 @@ pub async fn reextract(
     settings: &DatabaseSettings,
     since_ms: Option<i64>,
 ) -> Result<ReextractReport, StoreError> {
-    let (mut conn, _) = super::open_writer(settings).await?;
+    super::migrate_schema(settings).await?;
+    let path = settings
+        .path()
+        .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
+    let durability = settings.synchronous;
+    tokio::task::spawn_blocking(move || {
+        let mut conn = open_connection(&path, durability)?;
+        let report = reextract_blocking(&mut conn, since_ms)?;
+        conn.close().map_err(|(_, err)| err)?;
+        Ok(report)
+    })
+    .await
+    .map_err(|err| StoreError::Io(std::io::Error::other(err)))?
+}
+
+fn reextract_blocking(
+    conn: &mut Connection,
+    since_ms: Option<i64>,
+) -> rusqlite::Result<ReextractReport> {
     let mut report = ReextractReport::default();
     let mut after_id = 0_i64;
     loop {
-        let rows: Vec<(i64, i64, String, Vec<u8>)> = sqlx::query_as(
-            "SELECT id, received_at, status, body FROM events \
-             WHERE id > ? AND received_at >= ? ORDER BY id LIMIT ?",
-        )
-        .bind(after_id)
-        .bind(since_ms.unwrap_or(i64::MIN))
-        .bind(REEXTRACT_PAGE)
-        .fetch_all(&mut conn)
-        .await?;
+        let rows: Vec<(i64, i64, String, Vec<u8>)> = conn
+            .prepare_cached(
+                "SELECT id, received_at, status, body FROM events \
+                 WHERE id > ?1 AND received_at >= ?2 ORDER BY id LIMIT ?3",
+            )?
+            .query_map(
+                params![after_id, since_ms.unwrap_or(i64::MIN), REEXTRACT_PAGE],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )?
+            .collect::<rusqlite::Result<_>>()?;
         let Some(last) = rows.last() else { break };
         after_id = last.0;
-        let mut tx = conn.begin().await?;
+        let tx = conn.transaction()?;
         for (id, received_at, status, body) in &rows {
             let extracted = extract(body);
-            let leads: Vec<_> = extracted
-                .leads
-                .iter()
-                .map(|lead| (*id, *received_at, lead))
-                .collect();
-            report.new_leads += insert_leads(&mut tx, &leads).await?;
+            let leads = extracted.leads.iter().map(|lead| (*id, *received_at, lead));
+            report.new_leads += insert_leads(&tx, leads)?;
             if status != extracted.status.as_str() {
-                sqlx::query("UPDATE events SET status = ?, lead_count = ? WHERE id = ?")
-                    .bind(extracted.status.as_str())
-                    .bind(extracted.leads.len() as i64)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                tx.prepare_cached("UPDATE events SET status = ?1, lead_count = ?2 WHERE id = ?3")?
+                    .execute(params![
+                        extracted.status.as_str(),
+                        extracted.leads.len() as i64,
+                        id
+                    ])?;
                 report.restatused += 1;
             }
             report.events += 1;
         }
-        tx.commit().await?;
+        tx.commit()?;
     }
-    conn.close().await?;
     Ok(report)
 }
 
@@ -126,6 +141,6 @@ pub async fn prune_loop(
         if total > 0 {
             tracing::info!(events = total, days, "retention: pruned raw events");
         }
-        let _ = conn.close().await;
+        let _ = sqlx::Connection::close(conn).await;
     }
 }

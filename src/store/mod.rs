@@ -34,6 +34,10 @@ pub enum StoreError {
     Sqlx(#[from] sqlx::Error),
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Handles to the database: cheap to clone.
@@ -101,8 +105,6 @@ async fn checkpoint_loop(options: SqliteConnectOptions, stop: CancellationToken)
     }
 }
 
-/// WAL pages after which the writer checkpoints by itself, should the checkpointer fall behind.
-const WRITER_AUTOCHECKPOINT_PAGES: u32 = 20_000;
 /// How often the checkpointer copies WAL frames into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
@@ -134,34 +136,25 @@ fn ensure_folder(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// Opens the write connection and brings the schema up to date.
-pub(crate) async fn open_writer(
+/// Creates the file (and its folder) if needed and brings the schema up to date; returns the
+/// options every sqlx connection (reads, checkpoints, retention) opens with.
+pub(crate) async fn migrate_schema(
     settings: &DatabaseSettings,
-) -> Result<(SqliteConnection, SqliteConnectOptions), StoreError> {
+) -> Result<SqliteConnectOptions, StoreError> {
     let path = settings
         .path()
         .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
     ensure_folder(&path)?;
     let options = connect_options(&path, settings.synchronous);
-    let writer_options = options
-        .clone()
-        // The writer's own page cache (KiB): index pages stay hot between batches.
-        .pragma("cache_size", "-16384")
-        // A backstop only: the checkpointer task keeps the WAL short, off the writer's thread.
-        .pragma(
-            "wal_autocheckpoint",
-            WRITER_AUTOCHECKPOINT_PAGES.to_string(),
-        );
-    let mut conn = writer_options.connect().await?;
+    let mut conn = options.connect().await?;
     MIGRATOR.run(&mut conn).await?;
-    Ok((conn, writer_options))
+    conn.close().await?;
+    Ok(options)
 }
 
 /// Applies migrations and closes: `ctwa-leads migrate`.
 pub async fn migrate(settings: &DatabaseSettings) -> Result<(), StoreError> {
-    let (conn, _) = open_writer(settings).await?;
-    conn.close().await?;
-    Ok(())
+    migrate_schema(settings).await.map(drop)
 }
 
 /// Opens the database, migrates it, and starts the writer.
@@ -170,7 +163,7 @@ pub async fn open(
     ingest: &IngestSettings,
     retention: &RetentionSettings,
 ) -> Result<(Store, WriterTask), StoreError> {
-    let (conn, options) = open_writer(settings).await?;
+    let options = migrate_schema(settings).await?;
     let read_options = options
         .clone()
         .pragma("cache_size", "-2000")
@@ -193,9 +186,18 @@ pub async fn open(
             stop.clone(),
         )));
     }
-    let (writer, handle) = writer::Writer::new(conn, options, ingest.max_batch, healthy.clone())
-        .await?
-        .spawn(ingest.queue_capacity, stop.clone());
+    let path = settings
+        .path()
+        .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
+    let max_batch = ingest.max_batch;
+    let durability = settings.synchronous;
+    let writer_healthy = healthy.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        writer::Writer::new(path, durability, max_batch, writer_healthy)
+    })
+    .await
+    .map_err(|err| StoreError::Io(std::io::Error::other(err)))??;
+    let (writer, handle) = writer.spawn(ingest.queue_capacity, stop.clone())?;
     Ok((
         Store {
             read,
