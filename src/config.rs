@@ -85,15 +85,16 @@ impl Default for ServerSettings {
     }
 }
 
-/// SQLite's `synchronous` level for the write connection.
+/// How durable an acknowledged delivery is.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
-    /// fsync at every commit: an acknowledged lead survives power loss.
+    /// The WAL is fsynced after the commit and before the 200: an acknowledged lead survives
+    /// power loss (`synchronous=FULL`'s promise, kept by the writer's own flush thread).
     #[default]
     Full,
-    /// fsync at checkpoints only: survives a process crash, may lose the last commits on
-    /// power loss.
+    /// Acknowledged at commit; fsync at checkpoints only: survives a process crash, may lose
+    /// the last commits on power loss.
     Normal,
 }
 
