@@ -475,6 +475,34 @@ async fn a_failed_commit_answers_503_and_the_next_one_recovers() {
 }
 
 #[tokio::test]
+async fn an_event_id_taken_behind_the_writers_back_fails_one_batch_and_nothing_else() {
+    let app = spawn_app().await;
+    assert_eq!(app.deliver(&one_lead("wamid.first")).await.status(), 200);
+    // Another process (say, a manual repair) writes the event id the writer would use next.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db_path(&app.dir).display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO events (id, received_at, status, lead_count, body) \
+         SELECT MAX(id) + 1, 0, 'parsed', 0, x'7b7d' FROM events",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // That batch is refused whole: no 200 for a delivery whose event did not go in.
+    assert_eq!(app.deliver(&one_lead("wamid.second")).await.status(), 503);
+    assert!(app.lead("wamid.second").await.is_none());
+    // The writer re-reads the next id, and Meta's retry is stored.
+    assert_eq!(app.deliver(&one_lead("wamid.second")).await.status(), 200);
+    assert!(app.lead("wamid.second").await.is_some());
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 3, "the first delivery, the foreign row, the retry");
+}
+
+#[tokio::test]
 async fn health_probes_answer() {
     let app = spawn_app().await;
     assert_eq!(
