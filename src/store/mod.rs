@@ -73,15 +73,8 @@ impl WriterTask {
 }
 
 /// Copies WAL frames into the database file from its own connection, so the writer's thread
-/// spends its time on commits. PASSIVE never waits for, nor blocks, readers or the writer. But
-/// the WAL can only start over once every frame is copied, which never happens while the writer
-/// keeps committing; so when a pass got within [`CATCH_UP_FRAMES`] of the end, it asks the
-/// writer to copy the rest between two batches (`restart_due`).
-async fn checkpoint_loop(
-    options: SqliteConnectOptions,
-    stop: CancellationToken,
-    restart_due: Arc<AtomicBool>,
-) {
+/// spends its time on commits. PASSIVE never waits for, nor blocks, readers or the writer.
+async fn checkpoint_loop(options: SqliteConnectOptions, stop: CancellationToken) {
     let mut conn: Option<SqliteConnection> = None;
     let mut failing = false;
     loop {
@@ -93,16 +86,11 @@ async fn checkpoint_loop(
             conn = options.connect().await.ok();
         }
         let Some(c) = conn.as_mut() else { continue };
-        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
-            .fetch_one(&mut *c)
+        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut *c)
             .await
         {
-            Ok((_, log, done)) => {
-                failing = false;
-                if log >= RESTART_AFTER_FRAMES && log - done <= CATCH_UP_FRAMES {
-                    restart_due.store(true, Ordering::Relaxed);
-                }
-            }
+            Ok(_) => failing = false,
             Err(err) => {
                 if !failing {
                     tracing::warn!(%err, "WAL checkpoint failed; the writer's own checkpoints take over");
@@ -117,13 +105,8 @@ async fn checkpoint_loop(
     }
 }
 
-/// WAL frames from which the checkpointer asks the writer to let the WAL start over.
-const RESTART_AFTER_FRAMES: i64 = 8192;
-/// How close to the WAL's end a checkpoint must have come for that request: the writer then
-/// copies at most this many frames itself, on its own thread, between two batches.
-const CATCH_UP_FRAMES: i64 = 256;
 /// How often the checkpointer copies WAL frames into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(20);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 fn connect_options(path: &Path, synchronous: Durability) -> SqliteConnectOptions {
     SqliteConnectOptions::new()
@@ -194,12 +177,7 @@ pub async fn open(
         .await?;
     let healthy = Arc::new(AtomicBool::new(true));
     let stop = CancellationToken::new();
-    let restart_due = Arc::new(AtomicBool::new(false));
-    let mut background = vec![tokio::spawn(checkpoint_loop(
-        options.clone(),
-        stop.clone(),
-        restart_due.clone(),
-    ))];
+    let mut background = vec![tokio::spawn(checkpoint_loop(options.clone(), stop.clone()))];
     if retention.raw_events_days > 0 {
         background.push(tokio::spawn(maintenance::prune_loop(
             options.clone(),
@@ -215,7 +193,7 @@ pub async fn open(
     let durability = settings.synchronous;
     let writer_healthy = healthy.clone();
     let writer = tokio::task::spawn_blocking(move || {
-        writer::Writer::new(path, durability, max_batch, writer_healthy, restart_due)
+        writer::Writer::new(path, durability, max_batch, writer_healthy)
     })
     .await
     .map_err(|err| StoreError::Io(std::io::Error::other(err)))??;

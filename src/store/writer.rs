@@ -85,14 +85,7 @@ impl WalSync {
                     while let Ok(more) = rx.try_recv() {
                         waiters.extend(more);
                     }
-                    let started = std::time::Instant::now();
-                    let synced = sync_data(&wal);
-                    tracing::debug!(
-                        deliveries = waiters.len(),
-                        micros = started.elapsed().as_micros() as u64,
-                        "flush"
-                    );
-                    let answer = match synced {
+                    let answer = match sync_data(&wal) {
                         Ok(()) => Ok(()),
                         Err(err) => {
                             tracing::error!(%err, deliveries = waiters.len(), "WAL fsync failed");
@@ -199,8 +192,6 @@ pub(super) struct Writer {
     next_event_id: i64,
     /// FULL durability: the WAL to fsync before acknowledging. `None`: answer at commit.
     wal: Option<PathBuf>,
-    /// Set by the checkpointer when it has copied nearly all of the WAL.
-    restart_due: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -210,7 +201,6 @@ impl Writer {
         durability: Durability,
         max_batch: usize,
         healthy: Arc<AtomicBool>,
-        restart_due: Arc<AtomicBool>,
     ) -> rusqlite::Result<Self> {
         let conn = open_connection(&path, Durability::Normal)?;
         let next_event_id = next_event_id(&conn)?;
@@ -229,7 +219,6 @@ impl Writer {
             healthy,
             next_event_id,
             wal,
-            restart_due,
         })
     }
 
@@ -303,9 +292,6 @@ impl Writer {
                     }
                 }
             }
-            if self.restart_due.swap(false, Ordering::Relaxed) {
-                self.finish_checkpoint();
-            }
         }
         if let Some(sync) = sync {
             sync.finish();
@@ -316,27 +302,6 @@ impl Writer {
             }
         }
         tracing::debug!("writer stopped");
-    }
-
-    /// Copies the last WAL frames the checkpointer has not, while no commit can add more, so
-    /// the next commit starts the WAL over instead of growing it. Otherwise the WAL only starts
-    /// over when SQLite's own autocheckpoint copies tens of megabytes in the middle of a commit.
-    fn finish_checkpoint(&mut self) {
-        let Some(conn) = self.conn.as_ref() else {
-            return;
-        };
-        let started = std::time::Instant::now();
-        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-            Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
-        }) {
-            Ok((log, done)) => tracing::debug!(
-                log,
-                done,
-                micros = started.elapsed().as_micros() as u64,
-                "checkpoint"
-            ),
-            Err(err) => tracing::warn!(%err, "checkpoint on the write connection failed"),
-        }
     }
 
     fn commit(&mut self, batch: &[Job]) -> rusqlite::Result<()> {
@@ -452,7 +417,6 @@ fn write_batch(conn: &mut Connection, batch: &[Job], first_id: i64) -> rusqlite:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DatabaseSettings;
 
     fn waiter() -> (Waiter, oneshot::Receiver<Result<(), IngestError>>) {
         oneshot::channel()
@@ -488,74 +452,6 @@ mod tests {
         sync.submit(vec![d]);
         sync.finish();
         assert_eq!(d_rx.blocking_recv(), Ok(Ok(())));
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    /// WAL frames not yet copied into the database file, read from a second connection.
-    fn wal_frames(path: &std::path::Path) -> i64 {
-        let conn = Connection::open(path).expect("open");
-        let (log, _done): (i64, i64) = conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-                Ok((row.get(1)?, row.get(2)?))
-            })
-            .expect("checkpoint");
-        log
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_requested_restart_lets_the_wal_start_over_under_steady_commits() {
-        let dir = std::env::temp_dir().join(format!("ctwa-restart-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let path = dir.join("leads.db");
-        let settings = DatabaseSettings {
-            url: format!("sqlite://{}", path.display()),
-            ..DatabaseSettings::default()
-        };
-        super::super::migrate_schema(&settings)
-            .await
-            .expect("migrate");
-        let restart_due = Arc::new(AtomicBool::new(false));
-        let writer = Writer::new(
-            path.clone(),
-            Durability::Full,
-            64,
-            Arc::new(AtomicBool::new(true)),
-            restart_due.clone(),
-        )
-        .expect("writer");
-        let stop = CancellationToken::new();
-        let (handle, task) = writer.spawn(64, stop.clone()).expect("spawn");
-        let deliver = |n: i64| {
-            let handle = handle.clone();
-            async move {
-                let event = NewEvent {
-                    received_at_ms: n,
-                    status: ParseStatus::Parsed,
-                    body: Bytes::from(vec![b' '; 3000]),
-                };
-                handle.submit(event, Vec::new()).await.expect("stored");
-            }
-        };
-        // A hundred commits, each at least one frame, and nobody checkpoints (no checkpointer
-        // runs in this test, and SQLite's own autocheckpoint is far off).
-        for n in 0..100 {
-            deliver(n).await;
-        }
-        restart_due.store(true, Ordering::Relaxed);
-        deliver(100).await; // after this batch, the writer copies the WAL itself
-        assert!(
-            !restart_due.load(Ordering::Relaxed),
-            "the request was taken"
-        );
-        deliver(101).await; // so this commit starts the WAL over
-        let frames = wal_frames(&path);
-        assert!(
-            frames < 20,
-            "the WAL started over instead of holding 100+ commits: {frames} frames"
-        );
-
-        stop.cancel();
-        task.await.expect("writer ends");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
