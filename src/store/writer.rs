@@ -13,7 +13,6 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,7 +22,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Durability;
-
 use crate::leads::extract::{NewLead, ParseStatus};
 
 /// One verified delivery, as received.
@@ -161,9 +159,10 @@ pub(super) fn open_connection(
     let mode: String =
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(rusqlite::Error::InvalidParameterName(format!(
-            "journal_mode is {mode}, not WAL"
-        )));
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+            Some(format!("journal_mode is {mode}, not WAL")),
+        ));
     }
     let synchronous = match synchronous {
         Durability::Full => "FULL",
@@ -222,7 +221,7 @@ impl Writer {
         })
     }
 
-    /// Starts the thread; it ends once `stop` fires (or every handle is dropped) and the queue
+    /// Starts the thread; it ends once `stop` fired (or every handle was dropped) and the queue
     /// is drained. After `stop`, new submissions fail fast and queued ones are still committed.
     pub(super) fn spawn(
         self,
@@ -234,14 +233,13 @@ impl Writer {
             None => None,
         };
         let (tx, rx) = mpsc::channel(queue_capacity.max(1));
-        let stopper = tx.clone();
+        // A weak handle, so that this task does not keep the writer alive on its own.
+        let stopper = tx.downgrade();
         tokio::spawn(async move {
-            tokio::select! {
-                _ = stop.cancelled() => {
-                    // Waits for room in the queue; fails only if the writer already ended.
-                    let _ = stopper.send(Msg::Stop).await;
-                }
-                _ = stopper.closed() => {}
+            stop.cancelled().await;
+            if let Some(tx) = stopper.upgrade() {
+                // Waits for room in the queue; fails only if the writer already ended.
+                let _ = tx.send(Msg::Stop).await;
             }
         });
         let handle = tokio::task::spawn_blocking(move || self.run(rx, sync));
@@ -417,6 +415,7 @@ fn write_batch(conn: &mut Connection, batch: &[Job], first_id: i64) -> rusqlite:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DatabaseSettings;
 
     fn waiter() -> (Waiter, oneshot::Receiver<Result<(), IngestError>>) {
         oneshot::channel()
@@ -452,6 +451,66 @@ mod tests {
         sync.submit(vec![d]);
         sync.finish();
         assert_eq!(d_rx.blocking_recv(), Ok(Ok(())));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    async fn writer_on_a_fresh_database(name: &str) -> (Writer, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("ctwa-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let settings = DatabaseSettings {
+            url: format!("sqlite://{}", dir.join("leads.db").display()),
+            ..DatabaseSettings::default()
+        };
+        super::super::migrate_schema(&settings)
+            .await
+            .expect("migrate");
+        let writer = Writer::new(
+            dir.join("leads.db"),
+            Durability::Full,
+            64,
+            Arc::new(AtomicBool::new(true)),
+        )
+        .expect("writer");
+        (writer, dir)
+    }
+
+    fn event() -> NewEvent {
+        NewEvent {
+            received_at_ms: 1,
+            status: ParseStatus::Parsed,
+            body: Bytes::from_static(b"{}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn after_stop_the_writer_ends_and_refuses_new_deliveries() {
+        let (writer, dir) = writer_on_a_fresh_database("stop").await;
+        let stop = CancellationToken::new();
+        let (handle, task) = writer.spawn(64, stop.clone()).expect("spawn");
+        handle.submit(event(), Vec::new()).await.expect("stored");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the writer ends after stop")
+            .expect("no panic");
+        assert_eq!(
+            handle.submit(event(), Vec::new()).await,
+            Err(IngestError::Closed)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn the_writer_ends_when_every_handle_is_dropped() {
+        let (writer, dir) = writer_on_a_fresh_database("drop").await;
+        let stop = CancellationToken::new(); // never fired
+        let (handle, task) = writer.spawn(64, stop).expect("spawn");
+        handle.submit(event(), Vec::new()).await.expect("stored");
+        drop(handle);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("nothing else keeps the writer alive")
+            .expect("no panic");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
