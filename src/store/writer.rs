@@ -2,8 +2,8 @@
 //! delivery and awaits a oneshot; the thread drains whatever is queued (up to `max_batch`) into a
 //! single `BEGIN IMMEDIATE … COMMIT`, then answers every waiter. Nobody is told "stored" before
 //! the commit returned and, in FULL durability, before the WAL holding it was fsynced; when a
-//! batch fails every waiter in it hears so. The fsync runs on its own thread ([`WalSync`]), so
-//! the next batch is written while the disk flushes the previous one.
+//! batch fails every waiter in it hears so. The fsync runs on flush threads of its own
+//! ([`WalSync`]), so the next batch is written while the disk flushes the previous one.
 //!
 //! The writer talks to SQLite through rusqlite on a blocking thread rather than through sqlx:
 //! sqlx runs each statement on its own worker thread and wakes the calling task for every
@@ -69,53 +69,77 @@ enum Msg {
 /// SQLite itself still syncs the WAL before each checkpoint copies it into the database file.
 struct WalSync {
     tx: Option<std::sync::mpsc::Sender<Vec<Waiter>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
+
+/// Flush threads: while one waits for the disk, the next commit's waiters need not wait for
+/// that flush to end before theirs starts.
+const FLUSH_THREADS: usize = 2;
 
 impl WalSync {
     fn start(wal: PathBuf, healthy: Arc<AtomicBool>) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel::<Vec<Waiter>>();
-        let thread = std::thread::Builder::new()
-            .name("wal-sync".into())
-            .spawn(move || {
-                while let Ok(mut waiters) = rx.recv() {
-                    // Everything committed so far shares this flush.
-                    while let Ok(more) = rx.try_recv() {
-                        waiters.extend(more);
-                    }
-                    let answer = match sync_data(&wal) {
-                        Ok(()) => Ok(()),
-                        Err(err) => {
-                            tracing::error!(%err, deliveries = waiters.len(), "WAL fsync failed");
-                            healthy.store(false, Ordering::Relaxed);
-                            Err(IngestError::Failed)
-                        }
-                    };
-                    for waiter in waiters {
-                        let _ = waiter.send(answer);
-                    }
-                }
-            })?;
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let mut threads = Vec::with_capacity(FLUSH_THREADS);
+        for _ in 0..FLUSH_THREADS {
+            let (rx, wal, healthy) = (rx.clone(), wal.clone(), healthy.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("wal-sync".into())
+                    .spawn(move || flush_loop(&rx, &wal, &healthy))?,
+            );
+        }
         Ok(Self {
             tx: Some(tx),
-            thread: Some(thread),
+            threads,
         })
     }
 
     fn submit(&self, waiters: Vec<Waiter>) {
         if let Some(tx) = &self.tx {
-            // The thread ends only after `tx` is dropped, so this cannot fail.
+            // The threads end only after `tx` is dropped, so this cannot fail.
             let _ = tx.send(waiters);
         }
     }
 
-    /// Flushes and answers what is pending, then stops the thread.
+    /// Flushes and answers what is pending, then stops the threads.
     fn finish(mut self) {
         self.tx = None;
-        if let Some(thread) = self.thread.take() {
+        for thread in self.threads.drain(..) {
             if thread.join().is_err() {
-                tracing::error!("the WAL sync thread failed");
+                tracing::error!("a WAL sync thread failed");
             }
+        }
+    }
+}
+
+/// Takes every batch committed so far, flushes the WAL once for all of them, answers them.
+/// The receiver is held only while waiting, so another thread can start the next flush while
+/// this one is in progress; each waiter is answered by a flush that began after its commit.
+fn flush_loop(
+    rx: &std::sync::Mutex<std::sync::mpsc::Receiver<Vec<Waiter>>>,
+    wal: &std::path::Path,
+    healthy: &AtomicBool,
+) {
+    loop {
+        let waiters = {
+            let Ok(rx) = rx.lock() else { return };
+            let Ok(mut waiters) = rx.recv() else { return };
+            while let Ok(more) = rx.try_recv() {
+                waiters.extend(more);
+            }
+            waiters
+        };
+        let answer = match sync_data(wal) {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                tracing::error!(%err, deliveries = waiters.len(), "WAL fsync failed");
+                healthy.store(false, Ordering::Relaxed);
+                Err(IngestError::Failed)
+            }
+        };
+        for waiter in waiters {
+            let _ = waiter.send(answer);
         }
     }
 }
