@@ -33,10 +33,7 @@ pub async fn reextract(
     settings: &DatabaseSettings,
     since_ms: Option<i64>,
 ) -> Result<ReextractReport, StoreError> {
-    super::migrate_schema(settings).await?;
-    let path = settings
-        .path()
-        .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
+    let (path, _) = super::migrate_schema(settings).await?;
     let durability = settings.synchronous;
     tokio::task::spawn_blocking(move || {
         let mut conn = open_connection(&path, durability)?;

@@ -6,7 +6,7 @@ pub mod leads;
 pub mod maintenance;
 pub mod writer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -137,10 +137,10 @@ fn ensure_folder(path: &Path) -> Result<(), StoreError> {
 }
 
 /// Creates the file (and its folder) if needed and brings the schema up to date; returns the
-/// options every sqlx connection (reads, checkpoints, retention) opens with.
+/// file's path and the options every sqlx connection (reads, checkpoints, retention) opens with.
 pub(crate) async fn migrate_schema(
     settings: &DatabaseSettings,
-) -> Result<SqliteConnectOptions, StoreError> {
+) -> Result<(PathBuf, SqliteConnectOptions), StoreError> {
     let path = settings
         .path()
         .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
@@ -149,7 +149,7 @@ pub(crate) async fn migrate_schema(
     let mut conn = options.connect().await?;
     MIGRATOR.run(&mut conn).await?;
     conn.close().await?;
-    Ok(options)
+    Ok((path, options))
 }
 
 /// Applies migrations and closes: `ctwa-leads migrate`.
@@ -163,7 +163,7 @@ pub async fn open(
     ingest: &IngestSettings,
     retention: &RetentionSettings,
 ) -> Result<(Store, WriterTask), StoreError> {
-    let options = migrate_schema(settings).await?;
+    let (path, options) = migrate_schema(settings).await?;
     let read_options = options
         .clone()
         .pragma("cache_size", "-2000")
@@ -186,9 +186,6 @@ pub async fn open(
             stop.clone(),
         )));
     }
-    let path = settings
-        .path()
-        .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
     let max_batch = ingest.max_batch;
     let durability = settings.synchronous;
     let writer_healthy = healthy.clone();

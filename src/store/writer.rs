@@ -68,7 +68,7 @@ enum Msg {
 /// with the next batch during the flush, and one flush covers every batch committed before it.
 /// SQLite itself still syncs the WAL before each checkpoint copies it into the database file.
 struct WalSync {
-    tx: Option<std::sync::mpsc::Sender<Vec<Waiter>>>,
+    tx: std::sync::mpsc::Sender<Vec<Waiter>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -89,23 +89,19 @@ impl WalSync {
                     .spawn(move || flush_loop(&rx, &wal, &healthy))?,
             );
         }
-        Ok(Self {
-            tx: Some(tx),
-            threads,
-        })
+        Ok(Self { tx, threads })
     }
 
     fn submit(&self, waiters: Vec<Waiter>) {
-        if let Some(tx) = &self.tx {
-            // The threads end only after `tx` is dropped, so this cannot fail.
-            let _ = tx.send(waiters);
-        }
+        // The threads end only after `tx` is dropped, so this cannot fail.
+        let _ = self.tx.send(waiters);
     }
 
     /// Flushes and answers what is pending, then stops the threads.
-    fn finish(mut self) {
-        self.tx = None;
-        for thread in self.threads.drain(..) {
+    fn finish(self) {
+        let Self { tx, threads } = self;
+        drop(tx);
+        for thread in threads {
             if thread.join().is_err() {
                 tracing::error!("a WAL sync thread failed");
             }
@@ -238,7 +234,7 @@ impl Writer {
         Ok(Self {
             conn: Some(conn),
             path,
-            max_batch: max_batch.max(1),
+            max_batch,
             healthy,
             next_event_id,
             wal,
@@ -256,7 +252,7 @@ impl Writer {
             Some(wal) => Some(WalSync::start(wal.clone(), self.healthy.clone())?),
             None => None,
         };
-        let (tx, rx) = mpsc::channel(queue_capacity.max(1));
+        let (tx, rx) = mpsc::channel(queue_capacity);
         // A weak handle, so that this task does not keep the writer alive on its own.
         let stopper = tx.downgrade();
         tokio::spawn(async move {
@@ -358,9 +354,9 @@ impl Writer {
 
 /// Inserts `(event_id, received_at_ms, lead)` rows, skipping wamids already stored. Runs inside
 /// the caller's transaction; returns how many leads were new.
-pub(super) fn insert_leads(
+pub(super) fn insert_leads<'a>(
     conn: &Connection,
-    leads: impl IntoIterator<Item = (i64, i64, impl std::ops::Deref<Target = NewLead>)>,
+    leads: impl IntoIterator<Item = (i64, i64, &'a NewLead)>,
 ) -> rusqlite::Result<u64> {
     let mut insert = conn.prepare_cached(
         "INSERT INTO leads (wamid, event_id, received_at, waba_id, phone_number_id, \
@@ -404,7 +400,7 @@ pub(super) fn insert_leads(
     Ok(inserted)
 }
 
-pub(super) fn next_event_id(conn: &Connection) -> rusqlite::Result<i64> {
+fn next_event_id(conn: &Connection) -> rusqlite::Result<i64> {
     let max: Option<i64> = conn.query_row("SELECT MAX(id) FROM events", [], |row| row.get(0))?;
     Ok(max.unwrap_or(0) + 1)
 }
@@ -447,9 +443,8 @@ mod tests {
 
     #[test]
     fn waiters_are_answered_by_the_flush_and_hear_when_it_fails() {
-        let dir = std::env::temp_dir().join(format!("ctwa-walsync-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let wal = dir.join("db-wal");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let wal = dir.path().join("db-wal");
         std::fs::write(&wal, b"frames").expect("wal file");
 
         let healthy = Arc::new(AtomicBool::new(true));
@@ -475,26 +470,19 @@ mod tests {
         sync.submit(vec![d]);
         sync.finish();
         assert_eq!(d_rx.blocking_recv(), Ok(Ok(())));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
-    async fn writer_on_a_fresh_database(name: &str) -> (Writer, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!("ctwa-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+    async fn writer_on_a_fresh_database() -> (Writer, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
         let settings = DatabaseSettings {
-            url: format!("sqlite://{}", dir.join("leads.db").display()),
+            url: format!("sqlite://{}", dir.path().join("leads.db").display()),
             ..DatabaseSettings::default()
         };
-        super::super::migrate_schema(&settings)
+        let (path, _) = super::super::migrate_schema(&settings)
             .await
             .expect("migrate");
-        let writer = Writer::new(
-            dir.join("leads.db"),
-            Durability::Full,
-            64,
-            Arc::new(AtomicBool::new(true)),
-        )
-        .expect("writer");
+        let writer = Writer::new(path, Durability::Full, 64, Arc::new(AtomicBool::new(true)))
+            .expect("writer");
         (writer, dir)
     }
 
@@ -508,7 +496,7 @@ mod tests {
 
     #[tokio::test]
     async fn after_stop_the_writer_ends_and_refuses_new_deliveries() {
-        let (writer, dir) = writer_on_a_fresh_database("stop").await;
+        let (writer, _dir) = writer_on_a_fresh_database().await;
         let stop = CancellationToken::new();
         let (handle, task) = writer.spawn(64, stop.clone()).expect("spawn");
         handle.submit(event(), Vec::new()).await.expect("stored");
@@ -521,12 +509,11 @@ mod tests {
             handle.submit(event(), Vec::new()).await,
             Err(IngestError::Closed)
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
     async fn the_writer_ends_when_every_handle_is_dropped() {
-        let (writer, dir) = writer_on_a_fresh_database("drop").await;
+        let (writer, _dir) = writer_on_a_fresh_database().await;
         let stop = CancellationToken::new(); // never fired
         let (handle, task) = writer.spawn(64, stop).expect("spawn");
         handle.submit(event(), Vec::new()).await.expect("stored");
@@ -535,6 +522,5 @@ mod tests {
             .await
             .expect("nothing else keeps the writer alive")
             .expect("no panic");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
