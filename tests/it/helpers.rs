@@ -245,6 +245,13 @@ impl TestApp {
             .expect("count")
     }
 
+    /// A connection of its own to the app's database, as another process would open one.
+    pub async fn outside_pool(&self) -> sqlx::SqlitePool {
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", db_path(&self.dir).display()))
+            .await
+            .expect("open the database")
+    }
+
     pub async fn event_count(&self) -> usize {
         ctwa_leads::store::leads::events(self.store.read_pool())
             .await

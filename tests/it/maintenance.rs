@@ -7,16 +7,10 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-async fn pool(app: &TestApp) -> sqlx::SqlitePool {
-    sqlx::SqlitePool::connect(&format!("sqlite://{}", db_path(&app.dir).display()))
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn reextract_recovers_leads_from_deliveries_that_failed_to_parse_and_is_idempotent() {
     let app = spawn_app().await;
-    let db = pool(&app).await;
+    let db = app.outside_pool().await;
     // A delivery stored while extraction was broken: kept raw, flagged, no lead.
     let body = delivery(value(
         "PN1",
@@ -77,7 +71,7 @@ async fn retention_prunes_old_raw_events_in_the_background_and_never_leads() {
         s.retention.interval_secs = 1;
     })
     .await;
-    let db = pool(&app).await;
+    let db = app.outside_pool().await;
     assert_eq!(app.deliver(&one_lead("wamid.recent")).await.status(), 200);
     let old_ms = chrono::Utc::now().timestamp_millis() - 40 * 86_400_000;
     for i in 0..1200_i64 {

@@ -430,9 +430,7 @@ async fn two_hundred_concurrent_deliveries_are_all_stored() {
 async fn a_failed_commit_answers_503_and_the_next_one_recovers() {
     let app = spawn_app().await;
     // Break the schema behind the writer's back: its inserts now fail.
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db_path(&app.dir).display()))
-        .await
-        .unwrap();
+    let pool = app.outside_pool().await;
     sqlx::query("ALTER TABLE leads RENAME TO leads_away")
         .execute(&pool)
         .await
@@ -451,11 +449,7 @@ async fn a_failed_commit_answers_503_and_the_next_one_recovers() {
         503
     );
     // Nothing of the refused delivery was half-stored.
-    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(events, 0);
+    assert_eq!(app.event_count().await, 0);
     sqlx::query("ALTER TABLE leads_away RENAME TO leads")
         .execute(&pool)
         .await
@@ -479,9 +473,7 @@ async fn an_event_id_taken_behind_the_writers_back_fails_one_batch_and_nothing_e
     let app = spawn_app().await;
     assert_eq!(app.deliver(&one_lead("wamid.first")).await.status(), 200);
     // Another process (say, a manual repair) writes the event id the writer would use next.
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db_path(&app.dir).display()))
-        .await
-        .unwrap();
+    let pool = app.outside_pool().await;
     sqlx::query(
         "INSERT INTO events (id, received_at, status, lead_count, body) \
          SELECT MAX(id) + 1, 0, 'parsed', 0, x'7b7d' FROM events",
@@ -495,11 +487,11 @@ async fn an_event_id_taken_behind_the_writers_back_fails_one_batch_and_nothing_e
     // The writer re-reads the next id, and Meta's retry is stored.
     assert_eq!(app.deliver(&one_lead("wamid.second")).await.status(), 200);
     assert!(app.lead("wamid.second").await.is_some());
-    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(events, 3, "the first delivery, the foreign row, the retry");
+    assert_eq!(
+        app.event_count().await,
+        3,
+        "the first delivery, the foreign row, the retry"
+    );
 }
 
 #[tokio::test]
