@@ -34,6 +34,8 @@ struct Inner {
     admission: crate::webhook::admission::Admission,
     request_timeout: std::time::Duration,
     ceiling_mode: bool,
+    links: crate::http::links::Links,
+    min_body_rate: usize,
 }
 
 impl AppState {
@@ -63,6 +65,12 @@ impl AppState {
     }
     pub fn ceiling_mode(&self) -> bool {
         self.0.ceiling_mode
+    }
+    pub fn links(&self) -> &crate::http::links::Links {
+        &self.0.links
+    }
+    pub fn min_body_rate(&self) -> usize {
+        self.0.min_body_rate
     }
 }
 
@@ -103,9 +111,12 @@ impl Application {
                 settings.ingest.max_in_flight,
                 settings.ingest.max_in_flight_bytes,
                 settings.server.max_body_bytes,
+                settings.server.min_body_rate,
             ),
             request_timeout: std::time::Duration::from_secs(settings.server.request_timeout_secs),
             ceiling_mode: settings.ingest.ceiling_mode,
+            links: crate::http::links::Links::new(&settings.server),
+            min_body_rate: settings.server.min_body_rate,
         }));
         let addr = settings.server.listen;
         let listener = TcpListener::bind(addr)

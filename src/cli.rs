@@ -25,16 +25,20 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (applies migrations first).
     Serve {
+        /// The TOML settings file (see config.example.toml); CTWA_<SECTION>__<KEY> variables
+        /// override it.
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Apply database migrations and exit.
     Migrate {
+        /// The TOML settings file.
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Rebuild leads from the stored raw deliveries (idempotent), e.g. after a parser fix.
     Reextract {
+        /// The TOML settings file.
         #[arg(long, short)]
         config: PathBuf,
         /// Only deliveries received at or after this time (RFC 3339 or unix seconds).
@@ -43,6 +47,7 @@ pub enum Command {
     },
     /// Send a signed Click-to-WhatsApp delivery to a running instance and print the answer.
     Simulate {
+        /// The TOML settings file (its first app secret signs the delivery).
         #[arg(long, short)]
         config: PathBuf,
         /// The webhook URL; defaults to http://<server.listen>/webhook.
@@ -51,8 +56,13 @@ pub enum Command {
     },
     /// Exit 0 if the server answers /healthz (for Docker's HEALTHCHECK).
     Healthcheck {
-        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
-        url: String,
+        /// The settings `serve` runs with (file plus CTWA_ variables): the probe goes to its
+        /// `server.listen`, a wildcard address mapped to loopback.
+        #[arg(long, short, required_unless_present = "url")]
+        config: Option<PathBuf>,
+        /// Probe this URL instead.
+        #[arg(long)]
+        url: Option<String>,
     },
 }
 
@@ -128,11 +138,38 @@ fn run_inner(cli: Cli) -> Result<ExitCode, ExitCode> {
             let settings = load(&config)?;
             runtime()?.block_on(simulate(settings, url))
         }
-        Command::Healthcheck { url } => runtime()?.block_on(healthcheck(url)),
+        Command::Healthcheck { config, url } => {
+            let url = match (url, config) {
+                (Some(url), _) => url,
+                (None, Some(config)) => health_url(load(&config)?.server.listen),
+                (None, None) => {
+                    eprintln!("error: healthcheck needs --config or --url");
+                    return Err(ExitCode::from(2));
+                }
+            };
+            runtime()?.block_on(healthcheck(url))
+        }
     }
 }
 
+/// The `/healthz` URL of a server listening on `listen`; `0.0.0.0` and `[::]` mean loopback.
+pub fn health_url(listen: std::net::SocketAddr) -> String {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = match listen.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!(
+        "http://{}/healthz",
+        std::net::SocketAddr::new(ip, listen.port())
+    )
+}
+
 async fn serve(settings: Settings) -> Result<ExitCode, ExitCode> {
+    for name in &settings.ignored_env {
+        tracing::debug!(%name, "ignoring an environment variable that is not CTWA_<SECTION>__<KEY>");
+    }
     let examples = settings.example_keys();
     if !examples.is_empty() {
         tracing::warn!(keys = ?examples, "running with the example file's placeholder secrets: set real ones before registering with Meta");
@@ -214,5 +251,35 @@ async fn healthcheck(url: String) -> Result<ExitCode, ExitCode> {
             eprintln!("unhealthy: {url}: {err}");
             Err(ExitCode::FAILURE)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_health_url_follows_the_listen_address() {
+        assert_eq!(
+            health_url("0.0.0.0:9090".parse().unwrap()),
+            "http://127.0.0.1:9090/healthz"
+        );
+        assert_eq!(
+            health_url("[::]:8081".parse().unwrap()),
+            "http://[::1]:8081/healthz"
+        );
+        assert_eq!(
+            health_url("10.1.2.3:80".parse().unwrap()),
+            "http://10.1.2.3:80/healthz"
+        );
+    }
+
+    #[test]
+    fn serve_help_describes_config() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        let serve = cmd.find_subcommand_mut("serve").expect("serve exists");
+        let help = serve.render_help().to_string();
+        assert!(help.contains("TOML settings file"), "{help}");
     }
 }

@@ -1,6 +1,8 @@
 //! Tracing set-up: `RUST_LOG` picks the levels (default `info`), the config picks text or JSON.
 //! What gets logged is decided in `http::trace`: paths, never query strings or token headers.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter};
@@ -20,6 +22,9 @@ pub fn init(format: LogFormat) {
                     .with_current_span(true),
             )
             .try_init(),
-        LogFormat::Text => registry.with(fmt::layer()).try_init(),
+        // Colours only on a terminal: escape codes in a log file or collector are noise.
+        LogFormat::Text => registry
+            .with(fmt::layer().with_ansi(std::io::stdout().is_terminal()))
+            .try_init(),
     };
 }

@@ -60,6 +60,69 @@ pub struct GraphResponse {
     pub body: Value,
 }
 
+impl GraphResponse {
+    /// Replaces Graph's `paging.next` / `paging.previous` (which carry our access token) with
+    /// links to our own `route`: the caller's own parameters plus Graph's cursor only.
+    pub fn with_own_paging(
+        mut self,
+        links: &crate::http::links::Links,
+        headers: &axum::http::HeaderMap,
+        route: &str,
+        ours: &crate::http::query::Params,
+    ) -> Self {
+        let Some(paging) = self.body.get_mut("paging").and_then(Value::as_object_mut) else {
+            return self;
+        };
+        for (key, cursor_name) in [("next", "after"), ("previous", "before")] {
+            let Some(Value::String(graph_link)) = paging.get(key) else {
+                continue;
+            };
+            let cursor = reqwest::Url::parse(graph_link).ok().and_then(|u| {
+                u.query_pairs()
+                    .find(|(k, _)| k == cursor_name)
+                    .map(|(_, v)| v.into_owned())
+            });
+            let Some(cursor) = cursor else {
+                paging.remove(key);
+                continue;
+            };
+            let mut query = reqwest::Url::parse("http://x/").expect("a static URL parses");
+            {
+                let mut pairs = query.query_pairs_mut();
+                for (k, v) in ours.pairs() {
+                    if k != "after" && k != "before" {
+                        pairs.append_pair(k, v);
+                    }
+                }
+                pairs.append_pair(cursor_name, &cursor);
+            }
+            let link = links.to(
+                headers,
+                &format!("{route}?{}", query.query().unwrap_or_default()),
+            );
+            paging.insert(key.to_owned(), Value::String(link));
+        }
+        self
+    }
+}
+
+/// Replaces every occurrence of `token` in the strings of `value` (Graph echoes it in links).
+fn scrub(value: &mut Value, token: &str) {
+    match value {
+        Value::String(s) if s.contains(token) => *s = s.replace(token, "[redacted]"),
+        Value::Array(items) => items.iter_mut().for_each(|v| scrub(v, token)),
+        Value::Object(map) => map.values_mut().for_each(|v| scrub(v, token)),
+        _ => {}
+    }
+}
+
+/// Graph refused *our* token: its 401/403, or OAuth error code 190.
+fn is_credentials_error(status: StatusCode, body: &Value) -> bool {
+    status == StatusCode::UNAUTHORIZED
+        || status == StatusCode::FORBIDDEN
+        || body.pointer("/error/code").and_then(Value::as_i64) == Some(190)
+}
+
 impl IntoResponse for GraphResponse {
     fn into_response(self) -> Response {
         (self.status, Json(self.body)).into_response()
@@ -147,7 +210,7 @@ impl GraphClient {
                 })
             }
         };
-        let body: Value = serde_json::from_slice(&bytes).map_err(|_| {
+        let mut body: Value = serde_json::from_slice(&bytes).map_err(|_| {
             ApiError::client(
                 StatusCode::BAD_GATEWAY,
                 "bad_gateway",
@@ -157,8 +220,28 @@ impl GraphClient {
                 ),
             )
         })?;
+        let token = self.access_token.expose_secret();
+        if !token.is_empty() {
+            scrub(&mut body, token);
+        }
         if status.is_success() {
             Ok(GraphResponse { status, body })
+        } else if is_credentials_error(status, &body) {
+            // Not the caller's 401: our own Graph credentials are the problem.
+            tracing::error!(
+                status = status.as_u16(),
+                "Graph refused the service's access token (graph.access_token)"
+            );
+            let graph_error = body.get("error").cloned().unwrap_or(body);
+            Err(ApiError::Upstream {
+                status: StatusCode::BAD_GATEWAY,
+                body: serde_json::json!({"error": {
+                    "message": "Graph refused this service's Graph credentials (graph.access_token): ask the operator to renew the token",
+                    "type": "graph_credentials_refused",
+                    "code": 502,
+                    "graph_error": graph_error,
+                }}),
+            })
         } else {
             Err(ApiError::Upstream { status, body })
         }

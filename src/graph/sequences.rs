@@ -2,8 +2,9 @@
 //! sequences a Click-to-WhatsApp ad opens with (seed `000`). A body is checked here before Graph
 //! sees it; `welcome_message_sequence` is sent as a JSON string form field, as Graph documents.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Query, State};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::Json;
 use reqwest::Method;
 use serde::Deserialize;
@@ -15,6 +16,7 @@ use utoipa_axum::routes;
 use super::{scalar_text, GraphResponse, Payload};
 use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
+use crate::http::query::Params;
 
 const EDGE: &str = "welcome_message_sequences";
 const MAX_ICE_BREAKERS: usize = 3;
@@ -137,9 +139,9 @@ fn form_fields(body: &SequenceBody) -> Result<Vec<(String, String)>, ApiError> {
 )]
 async fn upsert_sequence(
     State(state): State<AppState>,
-    body: Result<Json<SequenceBody>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Result<GraphResponse, ApiError> {
-    let Json(body) = body?;
+    let body: SequenceBody = crate::http::error::object_body(body)?;
     let fields = form_fields(&body)?;
     state
         .graph()
@@ -173,9 +175,10 @@ pub struct ListParams {
 )]
 async fn list_sequences(
     State(state): State<AppState>,
-    params: Result<Query<ListParams>, QueryRejection>,
+    headers: HeaderMap,
+    raw: Params,
 ) -> Result<GraphResponse, ApiError> {
-    let Query(params) = params?;
+    let params: ListParams = raw.only(&["sequence_id", "limit"])?.to()?;
     let mut query = Vec::new();
     if let Some(id) = params.sequence_id {
         if id.trim().is_empty() {
@@ -193,10 +196,16 @@ async fn list_sequences(
             }
         }
     }
-    state
+    let answer = state
         .graph()
         .call(Method::GET, EDGE, Payload::Query(query))
-        .await
+        .await?;
+    Ok(answer.with_own_paging(
+        state.links(),
+        &headers,
+        "/v1/welcome_message_sequences",
+        &raw,
+    ))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -223,9 +232,9 @@ pub struct DeleteParams {
 )]
 async fn delete_sequence(
     State(state): State<AppState>,
-    params: Result<Query<DeleteParams>, QueryRejection>,
+    params: Params,
 ) -> Result<GraphResponse, ApiError> {
-    let Query(params) = params?;
+    let params: DeleteParams = params.only(&["sequence_id"])?.to()?;
     let id = params
         .sequence_id
         .filter(|id| !id.trim().is_empty())

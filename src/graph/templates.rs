@@ -4,8 +4,9 @@
 
 use std::collections::HashMap;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Query, State};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::Json;
 use reqwest::Method;
 use serde::Deserialize;
@@ -17,6 +18,7 @@ use utoipa_axum::routes;
 use super::{GraphResponse, Payload};
 use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
+use crate::http::query::Params;
 
 const EDGE: &str = "message_templates";
 
@@ -186,14 +188,16 @@ pub fn validate_list(params: &HashMap<String, String>) -> Result<Vec<(String, St
 )]
 async fn list_templates(
     State(state): State<AppState>,
-    params: Result<Query<HashMap<String, String>>, QueryRejection>,
+    headers: HeaderMap,
+    raw: Params,
 ) -> Result<GraphResponse, ApiError> {
-    let Query(params) = params?;
+    let params: HashMap<String, String> = raw.to()?;
     let query = validate_list(&params)?;
-    state
+    let answer = state
         .graph()
         .call(Method::GET, EDGE, Payload::Query(query))
-        .await
+        .await?;
+    Ok(answer.with_own_paging(state.links(), &headers, "/v1/message_templates", &raw))
 }
 
 /// A new template (seed 004's POST body). Unknown fields are forwarded as they are.
@@ -369,7 +373,7 @@ async fn create_template(
     State(state): State<AppState>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<GraphResponse, ApiError> {
-    let Json(body) = body?;
+    let body: Value = Value::Object(crate::http::error::object_body(body)?);
     validate_template(&body)?;
     state
         .graph()
@@ -403,9 +407,9 @@ pub struct DeleteParams {
 )]
 async fn delete_template(
     State(state): State<AppState>,
-    params: Result<Query<DeleteParams>, QueryRejection>,
+    params: Params,
 ) -> Result<GraphResponse, ApiError> {
-    let Query(params) = params?;
+    let params: DeleteParams = params.only(&["name", "hsm_id"])?.to()?;
     let name = params
         .name
         .filter(|n| !n.trim().is_empty())

@@ -15,8 +15,12 @@ use crate::http::error::ApiError;
 
 /// Whether `header` is `Bearer <token>`, as a [`subtle::Choice`]: the comparison is
 /// constant-time in the token's bytes by construction (only `subtle` can make a `Choice`).
+/// The scheme is matched case-insensitively (RFC 7235), the token exactly.
 pub fn bearer_matches(header: Option<&[u8]>, token: &SecretString) -> Choice {
-    let Some(presented) = header.and_then(|h| h.strip_prefix(b"Bearer ")) else {
+    let Some(presented) = header.and_then(|h| {
+        let (scheme, rest) = h.split_at_checked(7)?;
+        scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
+    }) else {
         return Choice::from(0);
     };
     presented.ct_eq(token.expose_secret().as_bytes())
@@ -27,7 +31,12 @@ pub async fn require_token(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let header = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+    let mut all = request.headers().get_all(AUTHORIZATION).iter();
+    // Two Authorization headers are ambiguous: refused whatever their order.
+    let header = match (all.next(), all.next()) {
+        (Some(one), None) => Some(one.as_bytes()),
+        _ => None,
+    };
     if !bool::from(bearer_matches(header, state.api_token())) {
         return Err(ApiError::unauthorized(
             "missing or wrong bearer token (Authorization: Bearer <api.token>)",
@@ -61,10 +70,13 @@ mod tests {
     fn only_the_exact_bearer_token_matches() {
         let token = SecretString::from("s3cret");
         assert!(matches(Some(b"Bearer s3cret"), &token));
+        assert!(matches(Some(b"bearer s3cret"), &token));
+        assert!(matches(Some(b"BEARER s3cret"), &token));
         for bad in [
             &b"Bearer s3cre"[..],
             b"Bearer s3cret2",
-            b"bearer s3cret",
+            b"Basic s3cret",
+            b"Bearers3cret",
             b"s3cret",
             b"Bearer ",
             b"",

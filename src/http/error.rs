@@ -4,8 +4,10 @@
 //! [`ApiError::into_response`], and never sent. Graph's own errors pass through as
 //! [`ApiError::Upstream`] with their status and `error` object intact.
 
-use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::Request;
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -150,17 +152,116 @@ impl From<QueryRejection> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
-        let status = rejection.status();
-        let status = if status.is_client_error() {
-            status
-        } else {
-            StatusCode::BAD_REQUEST
-        };
-        Self::client(status, "invalid_request", rejection.body_text())
+        // A missing JSON content type is 415; anything else that does not fit is 400 (axum
+        // would answer 422 for a body of the wrong shape).
+        match rejection {
+            JsonRejection::MissingJsonContentType(r) => Self::client(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                r.body_text(),
+            ),
+            other => Self::bad_request(other.body_text()),
+        }
+    }
+}
+
+/// A JSON request body that must be an object, read into `T`: an array, a string or a body
+/// that does not fit is one status, 400, never axum's 422.
+pub fn object_body<T: serde::de::DeserializeOwned>(
+    body: std::result::Result<Json<Value>, JsonRejection>,
+) -> Result<T> {
+    let Json(value) = body?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    serde_json::from_value(value)
+        .map_err(|err| ApiError::bad_request(format!("request body: {err}")))
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::bad_request(rejection.body_text())
     }
 }
 
 /// The envelope for a route nobody serves.
 pub async fn fallback() -> ApiError {
     ApiError::not_found("no such route")
+}
+
+/// The `type` for an error status that no handler of ours named.
+fn kind_of(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "invalid_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::URI_TOO_LONG => "uri_too_long",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_server_error() => "internal",
+        _ => "invalid_request",
+    }
+}
+
+/// Gives every error the envelope, whoever made it: axum's bare 405, a time-out's 408, an
+/// extractor's `text/plain` rejection. Its headers (`Allow`, `Retry-After`) are kept, and a
+/// short plain-text body becomes the message.
+pub async fn envelope_every_error(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = std::str::from_utf8(&text).unwrap_or_default().trim();
+    let message = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this route".to_owned(),
+        StatusCode::REQUEST_TIMEOUT => {
+            "the request was not received and answered within server.request_timeout_secs"
+                .to_owned()
+        }
+        _ if !text.is_empty() && !status.is_server_error() => text.to_owned(),
+        _ => status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase(),
+    };
+    let fresh = envelope(status, kind_of(status), &message);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, fresh.into_body())
+}
+
+/// Longest request target we read (path and query). hyper itself refuses targets over 64 KiB
+/// with a bare 414 before any of our code runs.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+pub async fn refuse_long_uris(request: Request, next: Next) -> Response {
+    let len = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    if len > MAX_URI_BYTES {
+        return ApiError::client(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target is over {MAX_URI_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }

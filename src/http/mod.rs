@@ -4,11 +4,14 @@
 
 pub mod auth;
 pub mod error;
+pub mod links;
+pub mod query;
+pub mod request_id;
 
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -27,7 +30,7 @@ use crate::app::AppState;
 use auth::BearerScheme;
 use error::ApiError;
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use request_id::REQUEST_ID;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -43,11 +46,14 @@ struct ApiDoc;
 /// The whole application: routes, state and layers. The OpenAPI document is built from the
 /// same routers, so it cannot drift from what is served.
 pub fn router(state: AppState) -> Router {
-    let public = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(crate::webhook::router(&state))
+    let (public, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(crate::webhook::router())
+        .split_for_parts();
+    let (probes, probes_doc) = OpenApiRouter::new()
         .routes(routes!(healthz))
-        .routes(routes!(readyz));
-    let (public, mut doc) = public.split_for_parts();
+        .routes(routes!(readyz))
+        .split_for_parts();
+    doc.merge(probes_doc);
     let (v1, v1_doc) = OpenApiRouter::new()
         .merge(crate::leads::api::router())
         .merge(crate::graph::router())
@@ -58,7 +64,7 @@ pub fn router(state: AppState) -> Router {
         auth::require_token,
     ));
     let doc = std::sync::Arc::new(doc);
-    Router::new()
+    let served = Router::new()
         .merge(public)
         .merge(v1)
         .route(
@@ -69,18 +75,22 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .fallback(error::fallback)
+        .layer(trace(Level::INFO));
+    // Probes answer every few seconds: their request lines are DEBUG, not INFO.
+    let probes = probes.layer(trace(Level::DEBUG));
+    Router::new()
+        .merge(served)
+        .merge(probes)
         .layer(
             ServiceBuilder::new()
+                .layer(middleware::from_fn(request_id::keep_only_safe_ids))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(make_span)
-                        .on_response(DefaultOnResponse::new().level(Level::INFO)),
-                )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                // Whatever produced an error (axum's 405, a rejection, the time-out), the
+                // client gets the envelope.
+                .layer(middleware::from_fn(error::envelope_every_error))
+                .layer(middleware::from_fn(error::refuse_long_uris))
                 .layer(CatchPanicLayer::custom(on_panic))
-                // The time-out's bare 408 gets the envelope like every other error.
-                .layer(middleware::map_response(envelope_timeouts))
                 // A deadline for reading the body and answering (a streamed export's body is
                 // not held to it). A client that trickles its body gets 408.
                 .layer(TimeoutLayer::with_status_code(
@@ -91,27 +101,32 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+type Trace = TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    fn(&Request) -> tracing::Span,
+    tower_http::trace::DefaultOnRequest,
+    DefaultOnResponse,
+>;
+
+fn trace(level: Level) -> Trace {
+    let make_span: fn(&Request) -> tracing::Span = if level == Level::DEBUG {
+        make_debug_span
+    } else {
+        make_span
+    };
+    TraceLayer::new_for_http()
+        .make_span_with(make_span)
+        .on_response(DefaultOnResponse::new().level(level))
+}
+
 /// The request span: method, path and request id. Never the query string (the challenge
 /// carries the verify token) and never headers (they carry signatures and bearer tokens).
 fn make_span(req: &Request) -> tracing::Span {
-    let id = req
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
-    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %request_id::of(req))
 }
 
-async fn envelope_timeouts(response: Response) -> Response {
-    if response.status() == StatusCode::REQUEST_TIMEOUT {
-        return ApiError::client(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            "the request was not received and answered within server.request_timeout_secs",
-        )
-        .into_response();
-    }
-    response
+fn make_debug_span(req: &Request) -> tracing::Span {
+    tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %request_id::of(req))
 }
 
 fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response {

@@ -3,11 +3,13 @@
 //! [`LeadFilter`]; a bad one gets 400 naming it. All SQL is in `store::leads`.
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{OriginalUri, Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{OriginalUri, Path, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use std::borrow::Cow;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -19,6 +21,7 @@ use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
+use crate::http::query::Params;
 use crate::store::leads::{self as q, Cursor, LeadFilter, LeadRow};
 
 const DEFAULT_LIMIT: u32 = 50;
@@ -237,31 +240,66 @@ fn store_error(err: sqlx::Error) -> ApiError {
     ApiError::unavailable("the database did not answer, retry later", err)
 }
 
-/// The URL of this request with `after` replaced: Graph-style `paging.next`.
-fn next_url(headers: &HeaderMap, uri: &axum::http::Uri, after: &str) -> Option<String> {
-    let host = headers.get(header::HOST)?.to_str().ok()?;
-    let scheme = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .filter(|p| *p == "https" || *p == "http")
-        .unwrap_or("http");
-    let mut url = reqwest::Url::parse(&format!("{scheme}://{host}{}", uri.path())).ok()?;
+/// This request's path and query with `after` replaced: Graph-style `paging.next`.
+fn next_link(
+    state: &AppState,
+    headers: &HeaderMap,
+    path: &str,
+    params: &Params,
+    after: &str,
+) -> String {
+    let mut query = reqwest::Url::parse("http://x/").expect("a static URL parses");
     {
-        let mut pairs = url.query_pairs_mut();
-        if let Some(query) = uri.query() {
-            for (k, v) in reqwest::Url::parse(&format!("http://x/?{query}"))
-                .ok()?
-                .query_pairs()
-            {
-                if k != "after" {
-                    pairs.append_pair(&k, &v);
-                }
-            }
+        let mut pairs = query.query_pairs_mut();
+        for (k, v) in params.pairs().iter().filter(|(k, _)| k != "after") {
+            pairs.append_pair(k, v);
         }
         pairs.append_pair("after", after);
     }
-    Some(url.to_string())
+    let pq = format!("{path}?{}", query.query().unwrap_or_default());
+    state.links().to(headers, &pq)
 }
+
+/// Parameters each route takes.
+const FILTERS: &[&str] = &[
+    "source_id",
+    "ctwa_clid",
+    "ref",
+    "source_type",
+    "wa_id",
+    "user_id",
+    "phone_number_id",
+    "waba_id",
+    "since",
+    "until",
+];
+const LIST_PARAMS: &[&str] = &[
+    "source_id",
+    "ctwa_clid",
+    "ref",
+    "source_type",
+    "wa_id",
+    "user_id",
+    "phone_number_id",
+    "waba_id",
+    "since",
+    "until",
+    "limit",
+    "after",
+];
+const EXPORT_PARAMS: &[&str] = &[
+    "source_id",
+    "ctwa_clid",
+    "ref",
+    "source_type",
+    "wa_id",
+    "user_id",
+    "phone_number_id",
+    "waba_id",
+    "since",
+    "until",
+    "format",
+];
 
 /// Lists leads, newest first, with filters and cursor paging.
 #[utoipa::path(
@@ -280,11 +318,11 @@ async fn list_leads(
     State(state): State<AppState>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
-    filter: Result<Query<FilterParams>, QueryRejection>,
-    paging: Result<Query<PageParams>, QueryRejection>,
+    params: Params,
 ) -> Result<Json<LeadPage>, ApiError> {
-    let filter = filter?.0.into_filter()?;
-    let Query(paging) = paging?;
+    params.only(LIST_PARAMS)?;
+    let filter = params.to::<FilterParams>()?.into_filter()?;
+    let paging: PageParams = params.to()?;
     let limit = parse_limit(paging.limit.as_deref())?;
     let before = paging.after.as_deref().map(decode_cursor).transpose()?;
     // One extra row says whether another page exists.
@@ -296,7 +334,9 @@ async fn list_leads(
     let after = more
         .then(|| rows.last().map(|r| encode_cursor(r.cursor())))
         .flatten();
-    let next = after.as_deref().and_then(|a| next_url(&headers, &uri, a));
+    let next = after
+        .as_deref()
+        .map(|a| next_link(&state, &headers, uri.path(), &params, a));
     Ok(Json(LeadPage {
         data: rows.into_iter().map(Lead::from).collect(),
         paging: Paging {
@@ -321,8 +361,9 @@ async fn list_leads(
 )]
 async fn get_lead(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Lead>, ApiError> {
+    let Path(id) = id?;
     let not_found = || ApiError::not_found(format!("no lead with id {id}"));
     let Ok(numeric) = id.parse::<i64>() else {
         return Err(not_found());
@@ -341,70 +382,86 @@ pub struct ExportParams {
     format: Option<String>,
 }
 
-/// One row per lead, referral fields flattened: the CSV export's columns.
+/// One row per lead, referral fields flattened: the CSV export's columns. Text cells are
+/// neutralised against formula injection (see [`neutralize`]).
 #[derive(Serialize)]
 struct FlatLead<'a> {
     id: i64,
-    wamid: &'a str,
-    waba_id: Option<&'a str>,
-    phone_number_id: Option<&'a str>,
-    display_phone_number: Option<&'a str>,
-    wa_id: Option<&'a str>,
-    user_id: Option<&'a str>,
-    profile_name: Option<&'a str>,
-    message_type: Option<&'a str>,
-    text: Option<&'a str>,
+    wamid: Cow<'a, str>,
+    waba_id: Option<Cow<'a, str>>,
+    phone_number_id: Option<Cow<'a, str>>,
+    display_phone_number: Option<Cow<'a, str>>,
+    wa_id: Option<Cow<'a, str>>,
+    user_id: Option<Cow<'a, str>>,
+    profile_name: Option<Cow<'a, str>>,
+    message_type: Option<Cow<'a, str>>,
+    text: Option<Cow<'a, str>>,
     timestamp: Option<String>,
     received_at: String,
-    source_url: Option<&'a str>,
-    source_id: Option<&'a str>,
-    source_type: Option<&'a str>,
-    headline: Option<&'a str>,
-    body: Option<&'a str>,
-    media_type: Option<&'a str>,
-    image_url: Option<&'a str>,
-    video_url: Option<&'a str>,
-    thumbnail_url: Option<&'a str>,
-    ctwa_clid: Option<&'a str>,
+    source_url: Option<Cow<'a, str>>,
+    source_id: Option<Cow<'a, str>>,
+    source_type: Option<Cow<'a, str>>,
+    headline: Option<Cow<'a, str>>,
+    body: Option<Cow<'a, str>>,
+    media_type: Option<Cow<'a, str>>,
+    image_url: Option<Cow<'a, str>>,
+    video_url: Option<Cow<'a, str>>,
+    thumbnail_url: Option<Cow<'a, str>>,
+    ctwa_clid: Option<Cow<'a, str>>,
     #[serde(rename = "ref")]
-    ref_: Option<&'a str>,
-    welcome_message: Option<&'a str>,
+    ref_: Option<Cow<'a, str>>,
+    welcome_message: Option<Cow<'a, str>>,
 }
 
 impl<'a> From<&'a LeadRow> for FlatLead<'a> {
     fn from(r: &'a LeadRow) -> Self {
         FlatLead {
             id: r.id,
-            wamid: &r.wamid,
-            waba_id: r.waba_id.as_deref(),
-            phone_number_id: r.phone_number_id.as_deref(),
-            display_phone_number: r.display_phone_number.as_deref(),
-            wa_id: r.wa_id.as_deref(),
-            user_id: r.user_id.as_deref(),
-            profile_name: r.profile_name.as_deref(),
-            message_type: r.message_type.as_deref(),
-            text: r.text.as_deref(),
+            wamid: neutralize(&r.wamid),
+            waba_id: cell(r.waba_id.as_deref()),
+            phone_number_id: cell(r.phone_number_id.as_deref()),
+            display_phone_number: cell(r.display_phone_number.as_deref()),
+            wa_id: cell(r.wa_id.as_deref()),
+            user_id: cell(r.user_id.as_deref()),
+            profile_name: cell(r.profile_name.as_deref()),
+            message_type: cell(r.message_type.as_deref()),
+            text: cell(r.text.as_deref()),
             timestamp: r.timestamp.and_then(rfc3339_secs),
             received_at: rfc3339_millis(r.received_at),
-            source_url: r.source_url.as_deref(),
-            source_id: r.source_id.as_deref(),
-            source_type: r.source_type.as_deref(),
-            headline: r.headline.as_deref(),
-            body: r.body.as_deref(),
-            media_type: r.media_type.as_deref(),
-            image_url: r.image_url.as_deref(),
-            video_url: r.video_url.as_deref(),
-            thumbnail_url: r.thumbnail_url.as_deref(),
-            ctwa_clid: r.ctwa_clid.as_deref(),
-            ref_: r.ref_.as_deref(),
-            welcome_message: r.welcome_message.as_deref(),
+            source_url: cell(r.source_url.as_deref()),
+            source_id: cell(r.source_id.as_deref()),
+            source_type: cell(r.source_type.as_deref()),
+            headline: cell(r.headline.as_deref()),
+            body: cell(r.body.as_deref()),
+            media_type: cell(r.media_type.as_deref()),
+            image_url: cell(r.image_url.as_deref()),
+            video_url: cell(r.video_url.as_deref()),
+            thumbnail_url: cell(r.thumbnail_url.as_deref()),
+            ctwa_clid: cell(r.ctwa_clid.as_deref()),
+            ref_: cell(r.ref_.as_deref()),
+            welcome_message: cell(r.welcome_message.as_deref()),
         }
     }
 }
 
+/// A cell that a spreadsheet would run as a formula (it starts with `=`, `+`, `-`, `@`, a tab
+/// or a carriage return) gets a leading `'`, as OWASP recommends: WhatsApp users choose their
+/// profile name and message text. Only the CSV export does this; JSON and NDJSON stay exact.
+pub fn neutralize(value: &str) -> Cow<'_, str> {
+    if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        Cow::Owned(format!("'{value}"))
+    } else {
+        Cow::Borrowed(value)
+    }
+}
+
+fn cell(value: Option<&str>) -> Option<Cow<'_, str>> {
+    value.map(neutralize)
+}
+
 const CSV_HEADER: &str = "id,wamid,waba_id,phone_number_id,display_phone_number,wa_id,user_id,\
 profile_name,message_type,text,timestamp,received_at,source_url,source_id,source_type,headline,\
-body,media_type,image_url,video_url,thumbnail_url,ctwa_clid,ref,welcome_message\n";
+body,media_type,image_url,video_url,thumbnail_url,ctwa_clid,ref,welcome_message\r\n";
 
 #[derive(Clone, Copy)]
 enum Format {
@@ -415,8 +472,10 @@ enum Format {
 fn encode_page(format: Format, rows: Vec<LeadRow>) -> Result<Bytes, std::io::Error> {
     match format {
         Format::Csv => {
+            // RFC 4180 line endings, like the header row.
             let mut w = csv::WriterBuilder::new()
                 .has_headers(false)
+                .terminator(csv::Terminator::CRLF)
                 .from_writer(Vec::with_capacity(rows.len() * 512));
             for row in &rows {
                 w.serialize(FlatLead::from(row))
@@ -450,17 +509,14 @@ fn encode_page(format: Format, rows: Vec<LeadRow>) -> Result<Bytes, std::io::Err
         (status = 401, body = ErrorEnvelope),
     )
 )]
-async fn export_leads(
-    State(state): State<AppState>,
-    format: Result<Query<ExportParams>, QueryRejection>,
-    filter: Result<Query<FilterParams>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    let (format, content_type, ext) = match format?.0.format.as_deref() {
+async fn export_leads(State(state): State<AppState>, params: Params) -> Result<Response, ApiError> {
+    params.only(EXPORT_PARAMS)?;
+    let (format, content_type, ext) = match params.to::<ExportParams>()?.format.as_deref() {
         None | Some("csv") => (Format::Csv, "text/csv; charset=utf-8", "csv"),
         Some("ndjson") => (Format::Ndjson, "application/x-ndjson", "ndjson"),
         Some(_) => return Err(ApiError::bad_request("format: expected csv or ndjson")),
     };
-    let filter = filter?.0.into_filter()?;
+    let filter = params.to::<FilterParams>()?.into_filter()?;
     let pages = q::pages(state.store().read_pool().clone(), filter, EXPORT_PAGE);
     let header = match format {
         Format::Csv => Some(Ok(Bytes::from_static(CSV_HEADER.as_bytes()))),
@@ -517,9 +573,10 @@ pub struct Stat {
 )]
 async fn lead_stats(
     State(state): State<AppState>,
-    filter: Result<Query<FilterParams>, QueryRejection>,
+    params: Params,
 ) -> Result<Json<Stats>, ApiError> {
-    let filter = filter?.0.into_filter()?;
+    params.only(FILTERS)?;
+    let filter = params.to::<FilterParams>()?.into_filter()?;
     let rows = q::stats(state.store().read_pool(), &filter)
         .await
         .map_err(store_error)?;
@@ -567,6 +624,23 @@ mod tests {
         );
         let err = parse_time("until", "yesterday").unwrap_err();
         assert!(err.to_string().starts_with("until:"));
+    }
+
+    #[test]
+    fn formula_cells_are_neutralised() {
+        for risky in [
+            "=HYPERLINK(\"http://evil\",\"click\")",
+            "+1",
+            "-2",
+            "@SUM(A1)",
+            "\tx",
+            "\rx",
+        ] {
+            assert_eq!(neutralize(risky), format!("'{risky}"));
+        }
+        for plain in ["Jane", "4915112345678", "a=b", ""] {
+            assert_eq!(neutralize(plain), plain);
+        }
     }
 
     #[test]

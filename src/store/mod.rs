@@ -30,6 +30,12 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot open the database {path}: {source} (running as {user}; the folder must be writable by that user, and the Docker image runs as uid 10001)")]
+    Open {
+        path: String,
+        user: String,
+        source: sqlx::Error,
+    },
     #[error("database: {0}")]
     Sqlx(#[from] sqlx::Error),
     #[error("migrations: {0}")]
@@ -128,7 +134,11 @@ fn ensure_folder(path: &Path) -> Result<(), StoreError> {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Folder {
-                path: dir.display().to_string(),
+                path: format!(
+                    "{} (running as {})",
+                    dir.display(),
+                    crate::config::process_user()
+                ),
                 source,
             })
         }
@@ -146,7 +156,11 @@ pub(crate) async fn migrate_schema(
         .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
     ensure_folder(&path)?;
     let options = connect_options(&path, settings.synchronous);
-    let mut conn = options.connect().await?;
+    let mut conn = options.connect().await.map_err(|source| StoreError::Open {
+        path: path.display().to_string(),
+        user: crate::config::process_user(),
+        source,
+    })?;
     MIGRATOR.run(&mut conn).await?;
     conn.close().await?;
     Ok((path, options))

@@ -1,102 +1,188 @@
-//! Admission control for `POST /webhook`: a bound on deliveries in flight and on the body bytes
-//! they may hold, reserved before the body is read (its `Content-Length`, or the body limit
-//! when chunked) and released once the delivery is answered. Past either bound a delivery gets
-//! an immediate 503, which Meta retries, instead of queueing until Meta's 20 s time-out or
-//! growing memory.
+//! Admission control for `POST /webhook`, built so that unauthenticated clients cannot starve
+//! verified traffic. While a body is being read, it holds only the bytes it has actually sent
+//! (from a shared byte budget), and it must keep up a minimum rate: after a one-second grace,
+//! `min_body_rate` bytes per second, or it gets 408. A declared `Content-Length` reserves
+//! nothing; one over the limit is refused at once with 413. Only a fully received body takes
+//! one of the `max_in_flight` delivery slots, which it keeps until it is answered. Past either
+//! budget a delivery gets an immediate 503, which Meta retries.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::http::{header, Method};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-use crate::app::AppState;
-use crate::http::error::ApiError;
+use tokio::time::Instant;
 
 #[derive(Debug)]
 pub struct Admission {
     deliveries: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
     max_body: usize,
+    min_rate: usize,
 }
 
-/// Held while a delivery is in flight.
+/// Why a body was not received.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyError {
+    /// Over `server.max_body_bytes` (declared or actually sent).
+    TooLarge,
+    /// The byte budget or the delivery slots are spent.
+    Overloaded,
+    /// Slower than `server.min_body_rate`.
+    TooSlow,
+    /// The connection failed mid-body.
+    Broken,
+}
+
+/// Held while a delivery is in flight: its bytes, then also its delivery slot.
 #[derive(Debug)]
 pub struct Ticket {
-    _delivery: OwnedSemaphorePermit,
-    _bytes: OwnedSemaphorePermit,
+    _bytes: Option<OwnedSemaphorePermit>,
+    _delivery: Option<OwnedSemaphorePermit>,
 }
+
+/// Time allowed before the rate applies: a connection's first bytes may take a moment.
+const GRACE: Duration = Duration::from_secs(1);
 
 impl Admission {
     /// `max_bytes` must be at least `max_body` (the config check ensures it).
-    pub fn new(max_deliveries: usize, max_bytes: usize, max_body: usize) -> Self {
+    pub fn new(max_deliveries: usize, max_bytes: usize, max_body: usize, min_rate: usize) -> Self {
         let to_permits = |n: usize| n.min(Semaphore::MAX_PERMITS);
         Self {
             deliveries: Arc::new(Semaphore::new(to_permits(max_deliveries))),
             bytes: Arc::new(Semaphore::new(to_permits(max_bytes))),
             max_body,
+            min_rate: min_rate.max(1),
         }
     }
 
-    /// A ticket for a body of `declared` bytes (unknown: the largest allowed), or `None` when
-    /// either budget is spent.
-    pub fn try_admit(&self, declared: Option<usize>) -> Option<Ticket> {
-        let reserve = declared.unwrap_or(self.max_body).min(self.max_body).max(1);
-        let delivery = self.deliveries.clone().try_acquire_owned().ok()?;
-        let bytes = self
-            .bytes
+    /// Reads `body`, charging the byte budget as bytes arrive, then takes a delivery slot.
+    pub async fn receive(
+        &self,
+        body: Body,
+        declared: Option<usize>,
+    ) -> Result<(Bytes, Ticket), BodyError> {
+        if declared.is_some_and(|n| n > self.max_body) {
+            return Err(BodyError::TooLarge);
+        }
+        let start = Instant::now();
+        let mut held: Option<OwnedSemaphorePermit> = None;
+        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(self.max_body));
+        let mut stream = body.into_data_stream();
+        loop {
+            // The next bytes are due when the rate would fall behind what has arrived so far.
+            let due = start + GRACE + rate_time(buf.len(), self.min_rate);
+            let chunk = match tokio::time::timeout_at(due, stream.next()).await {
+                Err(_) => return Err(BodyError::TooSlow),
+                Ok(None) => break,
+                Ok(Some(Err(_))) => return Err(BodyError::Broken),
+                Ok(Some(Ok(chunk))) => chunk,
+            };
+            if buf.len() + chunk.len() > self.max_body {
+                return Err(BodyError::TooLarge);
+            }
+            if !chunk.is_empty() {
+                let n = u32::try_from(chunk.len()).map_err(|_| BodyError::TooLarge)?;
+                let permit = self
+                    .bytes
+                    .clone()
+                    .try_acquire_many_owned(n)
+                    .map_err(|_| BodyError::Overloaded)?;
+                match held.as_mut() {
+                    Some(h) => h.merge(permit),
+                    None => held = Some(permit),
+                }
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let delivery = self
+            .deliveries
             .clone()
-            .try_acquire_many_owned(u32::try_from(reserve).ok()?)
-            .ok()?;
-        Some(Ticket {
-            _delivery: delivery,
-            _bytes: bytes,
-        })
+            .try_acquire_owned()
+            .map_err(|_| BodyError::Overloaded)?;
+        Ok((
+            buf.freeze(),
+            Ticket {
+                _bytes: held,
+                _delivery: Some(delivery),
+            },
+        ))
     }
 }
 
-pub async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if request.method() != Method::POST {
-        return next.run(request).await;
-    }
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    let Some(ticket) = state.admission().try_admit(declared) else {
-        return ApiError::client(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "too many deliveries in flight, retry later",
-        )
-        .into_response();
-    };
-    let response = next.run(request).await;
-    drop(ticket);
-    response
+fn rate_time(bytes: usize, rate: usize) -> Duration {
+    Duration::from_secs_f64(bytes as f64 / rate as f64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn deliveries_and_bytes_are_both_bounded_and_released() {
-        let a = Admission::new(2, 100, 60);
-        let t1 = a.try_admit(Some(50)).expect("room");
-        assert!(a.try_admit(Some(60)).is_none(), "only 50 bytes left");
-        let t2 = a.try_admit(Some(10)).expect("room for 10");
-        assert!(a.try_admit(Some(1)).is_none(), "two deliveries in flight");
+    fn body(bytes: &'static [u8]) -> Body {
+        Body::from(Bytes::from_static(bytes))
+    }
+
+    #[tokio::test]
+    async fn bytes_and_deliveries_are_bounded_and_released() {
+        let a = Admission::new(2, 100, 60, 1024);
+        let (b1, t1) = a.receive(body(&[1; 50]), Some(50)).await.expect("room");
+        assert_eq!(b1.len(), 50);
+        assert_eq!(
+            a.receive(body(&[1; 60]), None).await.unwrap_err(),
+            BodyError::Overloaded,
+            "only 50 bytes left"
+        );
+        let (_, t2) = a.receive(body(&[1; 10]), None).await.expect("room for 10");
+        assert_eq!(
+            a.receive(body(b"x"), None).await.unwrap_err(),
+            BodyError::Overloaded,
+            "two deliveries in flight"
+        );
         drop(t1);
         drop(t2);
-        // An unknown length reserves the largest body; a lie above it is capped to it.
-        let t3 = a.try_admit(None).expect("room");
-        assert!(a.try_admit(Some(41)).is_none());
-        assert!(a.try_admit(Some(40)).is_some());
-        drop(t3);
-        assert!(a.try_admit(Some(10_000)).is_some());
+        assert!(a.receive(body(&[1; 60]), None).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_reserves_nothing_and_a_large_one_is_refused() {
+        let a = Admission::new(10, 100, 60, 1024);
+        assert_eq!(
+            a.receive(body(b"x"), Some(61)).await.unwrap_err(),
+            BodyError::TooLarge
+        );
+        // Declaring the maximum while sending little costs only what was sent.
+        let (_, _t) = a.receive(body(&[1; 5]), Some(60)).await.unwrap();
+        let (_, _t2) = a.receive(body(&[1; 60]), Some(60)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_trickling_sender_is_cut_off() {
+        let a = Admission::new(10, 1000, 1000, 100);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+        let stream = tokio_stream_from(rx);
+        let feeder = tokio::spawn(async move {
+            loop {
+                if tx.send(Ok(Bytes::from_static(b"x"))).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        let started = Instant::now();
+        let err = a
+            .receive(Body::from_stream(stream), Some(1000))
+            .await
+            .unwrap_err();
+        assert_eq!(err, BodyError::TooSlow);
+        assert!(started.elapsed() < Duration::from_secs(3));
+        feeder.abort();
+    }
+
+    fn tokio_stream_from(
+        mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 }

@@ -7,14 +7,11 @@ pub mod admission;
 pub mod payload;
 pub mod verify;
 
-use std::collections::HashMap;
-
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bytes::Bytes;
 use secrecy::ExposeSecret;
 use serde::Serialize;
 use subtle::ConstantTimeEq;
@@ -24,20 +21,19 @@ use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
+use crate::http::query::Params;
 use crate::leads::extract::{extract, ParseStatus};
 use crate::store::{IngestError, NewEvent};
+use admission::BodyError;
 
 /// Bodies above this are parsed on the blocking pool.
 const LARGE_BODY: usize = 64 * 1024;
 
-pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
+pub fn router() -> OpenApiRouter<AppState> {
+    // The body is read by `admission`, which enforces the size limit itself.
     OpenApiRouter::new()
         .routes(routes!(challenge, receive))
-        .layer(DefaultBodyLimit::max(state.max_body_bytes()))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            admission::admit,
-        ))
+        .layer(DefaultBodyLimit::disable())
 }
 
 /// Answers Meta's subscription check with `hub.challenge` when mode and token match.
@@ -56,11 +52,7 @@ pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
         (status = 403, description = "Wrong mode or token", body = ErrorEnvelope),
     )
 )]
-async fn challenge(
-    State(state): State<AppState>,
-    // A map, so that a missing parameter gets our envelope instead of a rejection.
-    Query(params): Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
+async fn challenge(State(state): State<AppState>, params: Params) -> Result<Response, ApiError> {
     let get = |key: &str| {
         params
             .get(key)
@@ -76,7 +68,7 @@ async fn challenge(
     }
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        challenge.clone(),
+        challenge.to_owned(),
     )
         .into_response())
 }
@@ -102,17 +94,59 @@ pub struct Ack {
     responses(
         (status = 200, description = "Stored (or safely ignored)", body = Ack),
         (status = 401, description = "Missing, malformed or wrong signature", body = ErrorEnvelope),
+        (status = 408, description = "The body arrived slower than server.min_body_rate", body = ErrorEnvelope),
         (status = 413, description = "Body over server.max_body_bytes", body = ErrorEnvelope),
+        (status = 415, description = "A Content-Encoding other than identity; nothing is stored", body = ErrorEnvelope),
         (status = 503, description = "Not stored: overloaded (shed before reading the body) or the database failed; Meta retries", body = ErrorEnvelope),
     )
 )]
 async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<Ack>, ApiError> {
     let received_at_ms = chrono::Utc::now().timestamp_millis();
-    let body = body?;
+    // Meta signs and sends plain bytes; an encoded body would be verified and stored as
+    // something it is not.
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
+        if !encoding.as_bytes().eq_ignore_ascii_case(b"identity") {
+            return Err(ApiError::client(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Content-Encoding is not supported on /webhook: send the body as it was signed",
+            ));
+        }
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let (body, _ticket) =
+        state
+            .admission()
+            .receive(body, declared)
+            .await
+            .map_err(|err| match err {
+                BodyError::TooLarge => ApiError::client(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!(
+                        "the body is over server.max_body_bytes ({} bytes)",
+                        state.max_body_bytes()
+                    ),
+                ),
+                BodyError::Overloaded => ApiError::client(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "too many deliveries in flight, retry later",
+                ),
+                BodyError::TooSlow => ApiError::client(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    "the body arrived slower than server.min_body_rate",
+                ),
+                BodyError::Broken => ApiError::bad_request("the body was cut off"),
+            })?;
     let verified = state.verifier().verify(&headers, body).map_err(|err| {
         tracing::warn!(reason = %err, "refused an unsigned or forged delivery");
         ApiError::client(

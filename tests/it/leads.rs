@@ -258,7 +258,11 @@ async fn paging_visits_every_lead_once_even_while_leads_arrive() {
                         .map(|a| next.contains(a)),
                     Some(true)
                 );
-                url = next.to_owned();
+                assert!(
+                    next.starts_with("/v1/leads?"),
+                    "relative by default: {next}"
+                );
+                url = app.url(next);
             }
             None => {
                 assert!(page["paging"]["cursors"].get("after").is_none());

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Toml};
+pub mod sources;
+
+use figment::providers::{Format, Toml};
 use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -26,10 +28,68 @@ pub enum ConfigError {
 
 impl From<figment::Error> for ConfigError {
     fn from(err: figment::Error) -> Self {
-        // figment's Display names the key and the source ("for key `server.listen` in file …"),
-        // and carries no secret: it only quotes values of mistyped keys.
-        ConfigError::Invalid(err.to_string().replace('\n', " "))
+        ConfigError::Invalid(sources::describe(&err).replace('\n', " "))
     }
+}
+
+/// Reads the config file, naming the path and (when permission is the problem) the user.
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            Err(ConfigError::NotFound(path.to_path_buf()))
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {
+            Err(ConfigError::Invalid(format!(
+                "cannot read {}: permission denied for {} (make the file readable by that user; the Docker image runs as uid 10001)",
+                path.display(),
+                crate::config::process_user()
+            )))
+        }
+        Err(err) => Err(ConfigError::Invalid(format!(
+            "cannot read {}: {err}",
+            path.display()
+        ))),
+    }
+}
+
+/// "uid N" of this process (read from `/proc/self`, so no libc call is needed).
+pub fn process_user() -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(meta) = std::fs::metadata("/proc/self") {
+            return format!("uid {} (gid {})", meta.uid(), meta.gid());
+        }
+    }
+    "the current user".to_owned()
+}
+
+/// `host:port`, where host may be a name (`localhost:8080`), resolved once at start-up.
+fn listen_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    use std::net::ToSocketAddrs;
+    let text = String::deserialize(d)?;
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let mut addrs = text.to_socket_addrs().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "expected host:port (e.g. 0.0.0.0:8080 or localhost:8080), got {text:?}"
+        ))
+    })?;
+    // IPv4 first: `localhost` should mean 127.0.0.1 where both exist.
+    let all: Vec<SocketAddr> = addrs.by_ref().collect();
+    all.iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| all.first())
+        .copied()
+        .ok_or_else(|| serde::de::Error::custom(format!("{text:?} resolves to no address")))
+}
+
+fn optional_listen_addr<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    listen_addr(d).map(Some)
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +102,18 @@ pub struct Settings {
     pub ingest: IngestSettings,
     pub retention: RetentionSettings,
     pub log: LogSettings,
+    pub metrics: MetricsSettings,
+    /// `CTWA_*` environment names that are not configuration (logged at debug on start-up).
+    pub ignored_env: Vec<String>,
+}
+
+/// The Prometheus endpoint, on its own listener so internal figures never share the public port.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Where `GET /metrics` is served; absent: no metrics listener.
+    #[serde(deserialize_with = "optional_listen_addr")]
+    pub listen: Option<SocketAddr>,
 }
 
 /// How long raw deliveries are kept. Leads are never pruned.
@@ -66,12 +138,22 @@ impl Default for RetentionSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
+    #[serde(deserialize_with = "listen_addr")]
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
     /// Deadline for reading a request's body and answering it.
     pub request_timeout_secs: u64,
     /// Deadline for receiving a request's headers (slow-header clients are cut off).
     pub header_read_timeout_secs: u64,
+    /// The service's public base URL (e.g. `https://leads.example.com`): absolute paging links
+    /// are built only from it; without it they are relative.
+    pub public_url: Option<String>,
+    /// Build paging links from `X-Forwarded-Proto` / `X-Forwarded-Host` (only behind a proxy
+    /// that sets them; a client could otherwise point links at any host).
+    pub trust_forwarded_headers: bool,
+    /// A webhook body must arrive at least this fast (bytes per second, after the first
+    /// second); a slower sender gets 408. Meta sends a body at once.
+    pub min_body_rate: usize,
 }
 
 impl Default for ServerSettings {
@@ -81,6 +163,9 @@ impl Default for ServerSettings {
             max_body_bytes: 3 * 1024 * 1024,
             request_timeout_secs: 30,
             header_read_timeout_secs: 10,
+            public_url: None,
+            trust_forwarded_headers: false,
+            min_body_rate: 16 * 1024,
         }
     }
 }
@@ -223,41 +308,101 @@ struct RawSettings {
     retention: RetentionSettings,
     #[serde(default)]
     log: LogSettings,
+    #[serde(default)]
+    metrics: MetricsSettings,
 }
 
-/// A string key whose value may look like a number: `CTWA_WEBHOOK__VERIFY_TOKEN=12345` reaches
-/// us as an integer, and an all-digit token or WABA id is still a string to us.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Text {
-    Str(String),
-    Unsigned(u64),
-    Signed(i64),
-}
+/// A string, or a number written without quotes (`verify_token = 12345` in the file); its
+/// value never appears in an error, since the key may hold a secret.
+struct TextVisitor;
 
-impl Text {
-    fn into_string(self) -> String {
-        match self {
-            Text::Str(s) => s,
-            Text::Unsigned(n) => n.to_string(),
-            Text::Signed(n) => n.to_string(),
-        }
+impl<'de> serde::de::Visitor<'de> for TextVisitor {
+    type Value = String;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<String, E> {
+        Ok(v)
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<String, E> {
+        Err(E::custom("expected a string"))
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<String, E> {
+        Err(E::custom("expected a string (quote it)"))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<String, A::Error> {
+        Err(serde::de::Error::custom("expected a string, not a list"))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<String, A::Error> {
+        Err(serde::de::Error::custom("expected a string, not a table"))
     }
 }
 
 fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    Ok(Option::<Text>::deserialize(d)?.map(Text::into_string))
+    d.deserialize_any(TextVisitor).map(Some)
 }
 
 fn secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
     Ok(text(d)?.map(SecretString::from))
 }
 
+/// One secret or a list of them: `app_secrets = "s"` is read as `["s"]`.
 fn secrets<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
-    Ok(Vec::<Text>::deserialize(d)?
-        .into_iter()
-        .map(|t| SecretString::from(t.into_string()))
-        .collect())
+    struct Secrets;
+    impl<'de> serde::de::Visitor<'de> for Secrets {
+        type Value = Vec<SecretString>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string or a list of strings")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(vec![SecretString::from(v)])
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(vec![SecretString::from(v.to_string())])
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(vec![SecretString::from(v.to_string())])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(item) = seq.next_element_seed(TextSeed)? {
+                out.push(SecretString::from(item));
+            }
+            Ok(out)
+        }
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Err(E::custom("expected a string or a list of strings"))
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Err(E::custom("expected a string or a list of strings"))
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+            Err(serde::de::Error::custom(
+                "expected a string or a list of strings",
+            ))
+        }
+    }
+    struct TextSeed;
+    impl<'de> serde::de::DeserializeSeed<'de> for TextSeed {
+        type Value = String;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+            d.deserialize_any(TextVisitor)
+        }
+    }
+    d.deserialize_any(Secrets)
 }
 
 #[derive(Default, Deserialize)]
@@ -310,19 +455,26 @@ fn required(secret: Option<SecretString>, key: &'static str) -> Result<SecretStr
 impl Settings {
     /// Loads `path`, then the `CTWA_` environment on top.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        if !path.is_file() {
-            return Err(ConfigError::NotFound(path.to_path_buf()));
-        }
-        Self::from_figment(
-            Figment::new()
-                .merge(Toml::file_exact(path))
-                .merge(Env::prefixed("CTWA_").split("__")),
-        )
+        // Read once here for a clear error (path, user); figment reads it again to track
+        // where each value came from.
+        read_file(path)?;
+        Self::from_sources(Toml::file_exact(path), sources::EnvLayer::from_process())
     }
 
     /// Parses settings from a TOML string (no environment): for tests.
     pub fn from_toml(toml: &str) -> Result<Self, ConfigError> {
-        Self::from_figment(Figment::new().merge(Toml::string(toml)))
+        Self::from_sources(Toml::string(toml), sources::EnvLayer::from_pairs([]))
+    }
+
+    /// The file, then `env` on top.
+    pub fn from_sources(
+        file: figment::providers::Data<Toml>,
+        env: sources::EnvLayer,
+    ) -> Result<Self, ConfigError> {
+        let ignored_env = env.ignored.clone();
+        let mut settings = Self::from_figment(Figment::new().merge(file).merge(env))?;
+        settings.ignored_env = ignored_env;
+        Ok(settings)
     }
 
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
@@ -382,8 +534,21 @@ impl Settings {
             ));
         }
         raw.database.path()?;
+        let mut server = raw.server;
+        if let Some(url) = server.public_url.take() {
+            let trimmed = url.trim().trim_end_matches('/').to_owned();
+            let ok = reqwest::Url::parse(&trimmed).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https") && u.query().is_none() && u.host().is_some()
+            });
+            if !ok {
+                return Err(ConfigError::Invalid(
+                    "server.public_url: expected an http(s) URL without a query, e.g. https://leads.example.com".into(),
+                ));
+            }
+            server.public_url = (!trimmed.is_empty()).then_some(trimmed);
+        }
         Ok(Settings {
-            server: raw.server,
+            server,
             database: raw.database,
             webhook: WebhookSettings {
                 verify_token,
@@ -400,6 +565,8 @@ impl Settings {
             ingest: raw.ingest,
             retention: raw.retention,
             log: raw.log,
+            metrics: raw.metrics,
+            ignored_env: Vec::new(),
         })
     }
 
@@ -493,5 +660,120 @@ mod tests {
     fn memory_database_is_refused() {
         let toml = format!("{FULL}\n[database]\nurl = \"sqlite::memory:\"\n");
         assert!(Settings::from_toml(&toml).is_err());
+    }
+
+    fn with_env(toml: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::from_sources(
+            Toml::string(toml),
+            sources::EnvLayer::from_pairs(
+                env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+            ),
+        )
+    }
+
+    #[test]
+    fn kubernetes_service_variables_do_not_stop_start_up() {
+        let s = with_env(
+            FULL,
+            &[
+                ("CTWA_PORT", "tcp://10.0.0.1:8080"),
+                ("CTWA_SERVICE_HOST", "10.0.0.1"),
+                ("CTWA_PORT_8080_TCP_ADDR", "10.0.0.1"),
+                ("CTWA_LEADS_PORT", "tcp://10.0.0.2:80"),
+                ("CTWA_SERVER__LISTEN", "0.0.0.0:9090"),
+            ],
+        )
+        .expect("service links are not configuration");
+        assert_eq!(s.server.listen.port(), 9090);
+        assert_eq!(s.ignored_env.len(), 4);
+    }
+
+    #[test]
+    fn unknown_keys_still_stop_start_up_naming_the_key() {
+        let err = with_env(FULL, &[("CTWA_SERVER__PORT", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown key server.port"), "{err}");
+        assert!(err.contains("CTWA_"), "{err}");
+        let err = Settings::from_toml(&FULL.replace("verify_token", "verify_tokn"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("config: unknown key webhook.verify_tokn in TOML"),
+            "{err}"
+        );
+        assert!(!err.contains("default."), "{err}");
+        let err = with_env(FULL, &[("CTWA_API__TOKN", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("config: unknown key api.tokn in"), "{err}");
+        assert!(!err.contains("untagged"), "{err}");
+    }
+
+    #[test]
+    fn secrets_from_the_environment_are_read_verbatim() {
+        for value in ["007", "true", "1.5e3", "[x]"] {
+            let s = with_env(FULL, &[("CTWA_API__TOKEN", value)]).expect(value);
+            assert_eq!(s.api.token.expose_secret(), value);
+        }
+        let s = with_env(FULL, &[("CTWA_GRAPH__WABA_ID", "0042")]).unwrap();
+        assert_eq!(s.graph.waba_id, "0042");
+    }
+
+    #[test]
+    fn a_lone_app_secret_is_a_list_of_one_and_never_echoed() {
+        let s = with_env(
+            FULL,
+            &[("CTWA_WEBHOOK__APP_SECRETS", "my-real-app-secret-123")],
+        )
+        .expect("a single secret is accepted");
+        assert_eq!(s.webhook.app_secrets.len(), 1);
+        assert_eq!(
+            s.webhook.app_secrets[0].expose_secret(),
+            "my-real-app-secret-123"
+        );
+        let s = Settings::from_toml(&FULL.replace("[\"s1\", \"s2\"]", "\"only-one\""))
+            .expect("a single string in the file too");
+        assert_eq!(s.webhook.app_secrets[0].expose_secret(), "only-one");
+        // Wrong shapes of secret keys: the error names the key, never the value.
+        for (from, to) in [
+            ("token = \"api\"", "token = { v = \"sekrit-1\" }"),
+            ("token = \"api\"", "token = [\"sekrit-1\"]"),
+            ("access_token = \"gat\"", "access_token = 12.5"),
+            ("[\"s1\", \"s2\"]", "{ a = \"sekrit-1\" }"),
+        ] {
+            let err = Settings::from_toml(&FULL.replace(from, to))
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains("sekrit"), "{err}");
+            assert!(!err.contains("12.5"), "{err}");
+            assert!(
+                err.contains("token") || err.contains("app_secrets"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn listen_accepts_a_host_name() {
+        let s = Settings::from_toml(&format!("{FULL}\n[server]\nlisten = \"localhost:8080\"\n"))
+            .expect("localhost resolves");
+        assert!(s.server.listen.ip().is_loopback());
+        assert_eq!(s.server.listen.port(), 8080);
+        let err = Settings::from_toml(&format!("{FULL}\n[server]\nlisten = \"8080\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.listen"), "{err}");
+    }
+
+    #[test]
+    fn an_unreadable_config_names_the_path_and_the_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        let err = Settings::load(&missing).unwrap_err().to_string();
+        assert!(err.contains("nope.toml"), "{err}");
+        // A directory cannot be read as a file: the path is named.
+        let err = Settings::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(&dir.path().display().to_string()), "{err}");
     }
 }
