@@ -30,8 +30,15 @@ fn referral_ids(body: &[u8]) -> Option<HashSet<String>> {
             }
             for m in change["value"]["messages"].as_array().into_iter().flatten() {
                 if m.get("referral").is_some_and(|r| !r.is_null()) {
-                    if let Some(id) = m["id"].as_str() {
-                        ids.insert(id.to_owned());
+                    // A numeric id is kept as its decimal text.
+                    match &m["id"] {
+                        Value::String(id) => {
+                            ids.insert(id.clone());
+                        }
+                        Value::Number(n) => {
+                            ids.insert(n.to_string());
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -195,6 +202,149 @@ proptest! {
             graft(&mut v, *pick, with);
         }
         check(&meta_json(&v));
+    }
+}
+
+/// Every scalar of the first referral message's path through the delivery, with the lead
+/// field it feeds (empty: none directly).
+const LEAF_FIELDS: &[(&str, &str)] = &[
+    ("/entry/0/id", "waba_id"),
+    (
+        "/entry/0/changes/0/value/metadata/phone_number_id",
+        "phone_number_id",
+    ),
+    (
+        "/entry/0/changes/0/value/metadata/display_phone_number",
+        "display_phone_number",
+    ),
+    ("/entry/0/changes/0/value/contacts/0/wa_id", "wa_id"),
+    (
+        "/entry/0/changes/0/value/contacts/0/profile/name",
+        "profile_name",
+    ),
+    (
+        "/entry/0/changes/0/value/contacts/0/profile",
+        "profile_name",
+    ),
+    ("/entry/0/changes/0/value/messages/0/from", "wa_id"),
+    ("/entry/0/changes/0/value/messages/0/timestamp", "timestamp"),
+    ("/entry/0/changes/0/value/messages/0/type", "message_type"),
+    ("/entry/0/changes/0/value/messages/0/text/body", "text"),
+    ("/entry/0/changes/0/value/messages/0/text", "text"),
+    (
+        "/entry/0/changes/0/value/messages/0/referral/source_url",
+        "source_url",
+    ),
+    (
+        "/entry/0/changes/0/value/messages/0/referral/source_id",
+        "source_id",
+    ),
+    (
+        "/entry/0/changes/0/value/messages/0/referral/source_type",
+        "source_type",
+    ),
+    (
+        "/entry/0/changes/0/value/messages/0/referral/headline",
+        "headline",
+    ),
+    ("/entry/0/changes/0/value/messages/0/referral/body", "body"),
+    (
+        "/entry/0/changes/0/value/messages/0/referral/media_type",
+        "media_type",
+    ),
+    (
+        "/entry/0/changes/0/value/messages/0/referral/image_url",
+        "image_url",
+    ),
+    (
+        "/entry/0/changes/0/value/messages/0/referral/ctwa_clid",
+        "ctwa_clid",
+    ),
+    ("/entry/0/changes/0/value/messages/0/referral/ref", "ref"),
+    (
+        "/entry/0/changes/0/value/messages/0/referral/welcome_message",
+        "welcome_message",
+    ),
+    (
+        "/entry/0/changes/0/value/messages/0/referral/welcome_message/text",
+        "welcome_message",
+    ),
+];
+
+/// A lead's fields by name, for comparing all but one.
+fn fields(lead: &ctwa_leads::leads::extract::NewLead) -> Vec<(&'static str, Option<String>)> {
+    let r = &lead.referral;
+    vec![
+        ("waba_id", lead.waba_id.clone()),
+        ("phone_number_id", lead.phone_number_id.clone()),
+        ("display_phone_number", lead.display_phone_number.clone()),
+        ("wa_id", lead.wa_id.clone()),
+        ("user_id", lead.user_id.clone()),
+        ("profile_name", lead.profile_name.clone()),
+        ("message_type", lead.message_type.clone()),
+        ("text", lead.text.clone()),
+        ("timestamp", lead.timestamp.map(|t| t.to_string())),
+        ("source_url", r.source_url.clone()),
+        ("source_id", r.source_id.clone()),
+        ("source_type", r.source_type.clone()),
+        ("headline", r.headline.clone()),
+        ("body", r.body.clone()),
+        ("media_type", r.media_type.clone()),
+        ("image_url", r.image_url.clone()),
+        ("ctwa_clid", r.ctwa_clid.clone()),
+        ("ref", r.ref_.clone()),
+        ("welcome_message", r.welcome_message.clone()),
+    ]
+}
+
+fn odd_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<u64>().prop_map(|n| json!(n)),
+        (-1e12f64..1e12).prop_map(|f| json!(f)),
+        Just(json!(["a", 1])),
+        Just(json!({"k": "v"})),
+        Just(json!([])),
+        Just(json!({})),
+        Just(Value::Null),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Any one field of a referral message given the wrong type: the lead survives, and every
+    /// other field is what it was.
+    #[test]
+    fn one_mistyped_field_never_costs_the_lead_or_its_other_fields(
+        which in 0..LEAF_FIELDS.len(),
+        odd in odd_value(),
+    ) {
+        let (pointer, field) = LEAF_FIELDS[which];
+        let baseline = extract(&real_delivery());
+        let before = baseline.leads.iter().find(|l| l.wamid == "wamid.P1").expect("baseline lead");
+        let mut v: Value = serde_json::from_slice(&real_delivery()).unwrap();
+        *v.pointer_mut(pointer).expect(pointer) = odd.clone();
+        let out = extract(&meta_json(&v));
+        prop_assert_eq!(out.leads.len(), 3, "{} = {}: every lead survives", pointer, odd);
+        let after = out.leads.iter().find(|l| l.wamid == "wamid.P1").expect("the lead survives");
+        for ((name, was), (_, now)) in fields(before).into_iter().zip(fields(after)) {
+            if name != field {
+                prop_assert_eq!(was, now, "{} = {}: {} changed", pointer, odd, name);
+            }
+        }
+        let object_field = ["contacts/0/profile", "messages/0/text", "referral/welcome_message"]
+            .iter()
+            .any(|end| pointer.ends_with(end));
+        let wrong_type = if object_field {
+            !odd.is_object() && !odd.is_null()
+        } else {
+            odd.is_boolean() || odd.is_array() || odd.is_object()
+        };
+        if wrong_type {
+            prop_assert_eq!(out.status, ParseStatus::Partial, "{} = {}", pointer, odd);
+        }
     }
 }
 

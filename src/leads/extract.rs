@@ -1,11 +1,17 @@
 //! Turns a verified delivery into leads: a pure function, no I/O. Every inbound message that
 //! carries a `referral`, in every entry and change of the batch, becomes one [`NewLead`],
-//! whatever its type. What is absent stays `None`; nothing is invented. Parts that fail to
-//! parse are counted, not fatal, so the raw event can be re-extracted later.
+//! whatever its type. What is absent stays `None`; nothing is invented. A field of the wrong type
+//! is read as null and flags the delivery `partial` (the raw event keeps it); the lead is kept
+//! with every field that did parse.
 
-use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::cell::OnceCell;
 
-use crate::webhook::payload::{Contact, Delivery, Message, MessagesValue, Str};
+use serde::Deserialize;
+
+use crate::webhook::payload::{
+    Contact, Delivery, Field, Found, List, Message, MessagesValue, Obj, Referral,
+};
 
 /// One lead, owned, ready for the store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,38 +75,165 @@ pub struct Extracted {
     pub messages: usize,
 }
 
-fn own(s: &Option<Str<'_>>) -> Option<String> {
-    s.as_deref().map(str::to_owned)
+/// Where odd fields are reported: sets `partial` and logs the JSON path and what was found,
+/// never the value (it may be a name or a phone number).
+struct Report<'o> {
+    out: &'o mut Extracted,
+}
+
+impl Report<'_> {
+    fn odd(&mut self, path: impl FnOnce() -> String, found: Found) {
+        tracing::warn!(path = %path(), found, "a field had the wrong type; read as null");
+        self.out.status = ParseStatus::Partial;
+    }
+
+    fn text(&mut self, field: &Field<'_>, path: impl FnOnce() -> String) -> Option<String> {
+        match field {
+            Field::Text(t) => Some(t.as_ref().to_owned()),
+            Field::Absent => None,
+            Field::Odd(found) => {
+                self.odd(path, found);
+                None
+            }
+        }
+    }
+
+    fn obj<'t, T>(&mut self, obj: &'t Obj<T>, path: impl FnOnce() -> String) -> Option<&'t T> {
+        match obj {
+            Obj::Some(t) => Some(t),
+            Obj::Absent => None,
+            Obj::Odd(found) => {
+                self.odd(path, found);
+                None
+            }
+        }
+    }
+
+    fn list<'t, T>(&mut self, list: &'t List<T>, path: impl FnOnce() -> String) -> &'t [T] {
+        if let Some(found) = list.odd {
+            self.odd(path, found);
+        }
+        &list.items
+    }
+}
+
+/// Parses `text` into `T`; if a duplicate key (or another data error) stops the typed parse,
+/// parses it as a `serde_json::Value` (where the last duplicate wins) and reads that instead.
+fn parse<'a, T: Deserialize<'a>>(
+    text: &'a str,
+    canonical: &'a OnceCell<String>,
+) -> Result<T, serde_json::Error> {
+    match serde_json::from_str(text) {
+        Ok(v) => Ok(v),
+        Err(err) if err.is_data() => {
+            let value: serde_json::Value = serde_json::from_str(text)?;
+            serde_json::from_str(canonical.get_or_init(|| value.to_string()))
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// A lone UTF-16 surrogate escape (`\ud800` without its pair) cannot be a Rust string, so it is
+/// rewritten to `\ufffd` (U+FFFD) before parsing; both escapes are six bytes.
+pub fn replace_lone_surrogates(text: &str) -> Cow<'_, str> {
+    let b = text.as_bytes();
+    let suspect = b
+        .windows(3)
+        .any(|w| w[0] == b'\\' && w[1] == b'u' && (w[2] | 0x20) == b'd');
+    if !suspect {
+        return Cow::Borrowed(text);
+    }
+    let hex4 = |at: usize| -> Option<u32> {
+        let digits = std::str::from_utf8(b.get(at..at + 4)?).ok()?;
+        u32::from_str_radix(digits, 16).ok()
+    };
+    let mut out = b.to_vec();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        if b.get(i + 1) != Some(&b'u') {
+            i += 2;
+            continue;
+        }
+        let Some(unit) = hex4(i + 2) else {
+            i += 2;
+            continue;
+        };
+        let paired = (0xD800..0xDC00).contains(&unit)
+            && b.get(i + 6) == Some(&b'\\')
+            && b.get(i + 7) == Some(&b'u')
+            && hex4(i + 8).is_some_and(|low| (0xDC00..0xE000).contains(&low));
+        if paired {
+            i += 12;
+        } else {
+            if (0xD800..0xE000).contains(&unit) {
+                out[i..i + 6].copy_from_slice(b"\\ufffd");
+            }
+            i += 6;
+        }
+    }
+    String::from_utf8(out).map_or(Cow::Borrowed(text), Cow::Owned)
 }
 
 /// Reads `body` (a verified delivery) and returns its leads.
 pub fn extract(body: &[u8]) -> Extracted {
     let Ok(text) = std::str::from_utf8(body) else {
+        tracing::warn!("a verified delivery is not UTF-8");
         return invalid();
     };
-    let delivery: Delivery<'_> = match serde_json::from_str(text) {
+    let text = replace_lone_surrogates(text);
+    let canonical = OnceCell::new();
+    let delivery: Delivery<'_> = match parse(&text, &canonical) {
         Ok(d) => d,
-        Err(_) => return invalid(),
+        Err(err) => {
+            tracing::warn!(line = err.line(), column = err.column(), kind = ?err.classify(), "a verified delivery is not JSON");
+            return invalid();
+        }
     };
     let mut out = Extracted {
         status: ParseStatus::Parsed,
         leads: Vec::new(),
         messages: 0,
     };
-    if delivery.object.as_deref() != Some("whatsapp_business_account") {
+    if delivery.object.as_str() != Some("whatsapp_business_account") {
         return out;
     }
-    for entry in &delivery.entry {
-        for change in &entry.changes {
-            if change.field.as_deref() != Some("messages") {
+    let mut report = Report { out: &mut out };
+    for (ei, entry) in report
+        .list(&delivery.entry, || "entry".into())
+        .iter()
+        .enumerate()
+    {
+        let Some(entry) = report.obj(entry, || format!("entry[{ei}]")) else {
+            continue;
+        };
+        let waba_id = report.text(&entry.id, || format!("entry[{ei}].id"));
+        for (ci, change) in report
+            .list(&entry.changes, || format!("entry[{ei}].changes"))
+            .iter()
+            .enumerate()
+        {
+            let Some(change) = report.obj(change, || format!("entry[{ei}].changes[{ci}]")) else {
+                continue;
+            };
+            if change.field.as_str() != Some("messages") {
                 continue;
             }
             let Some(raw) = change.value else { continue };
-            match serde_json::from_str::<MessagesValue<'_>>(raw.get()) {
-                Ok(value) => extract_value(entry.id.as_deref(), &value, &mut out),
+            let canonical = OnceCell::new();
+            match parse::<Obj<MessagesValue<'_>>>(raw.get(), &canonical) {
+                Ok(value) => {
+                    let at = || format!("entry[{ei}].changes[{ci}].value");
+                    if let Some(value) = report.obj(&value, at) {
+                        extract_value(waba_id.as_deref(), value, &mut report, &at);
+                    }
+                }
                 Err(err) => {
-                    tracing::warn!(%err, "a messages change did not fit the model");
-                    out.status = ParseStatus::Partial;
+                    tracing::warn!(path = %format!("entry[{ei}].changes[{ci}].value"), kind = ?err.classify(), "a messages change could not be read");
+                    report.out.status = ParseStatus::Partial;
                 }
             }
         }
@@ -116,78 +249,142 @@ fn invalid() -> Extracted {
     }
 }
 
-fn extract_value(waba_id: Option<&str>, value: &MessagesValue<'_>, out: &mut Extracted) {
-    let metadata = value.metadata.as_ref();
-    for raw in &value.messages {
-        out.messages += 1;
-        let message = match parse_message(raw) {
-            Ok(m) => m,
-            Err(err) => {
-                tracing::warn!(%err, "a message did not fit the model");
-                out.status = ParseStatus::Partial;
-                continue;
-            }
-        };
-        let Some(referral) = &message.referral else {
+fn extract_value(
+    waba_id: Option<&str>,
+    value: &MessagesValue<'_>,
+    report: &mut Report<'_>,
+    at: &dyn Fn() -> String,
+) {
+    let metadata = report.obj(&value.metadata, || format!("{}.metadata", at()));
+    let phone_number_id = metadata.and_then(|m| {
+        report.text(&m.phone_number_id, || {
+            format!("{}.metadata.phone_number_id", at())
+        })
+    });
+    let display_phone_number = metadata.and_then(|m| {
+        report.text(&m.display_phone_number, || {
+            format!("{}.metadata.display_phone_number", at())
+        })
+    });
+    let contacts = report.list(&value.contacts, || format!("{}.contacts", at()));
+    let messages = report.list(&value.messages, || format!("{}.messages", at()));
+    for (mi, message) in messages.iter().enumerate() {
+        report.out.messages += 1;
+        let here = || format!("{}.messages[{mi}]", at());
+        let Some(message) = report.obj(message, here) else {
             continue;
         };
-        let Some(wamid) = message.id.as_deref().filter(|id| !id.is_empty()) else {
+        let referral = match &message.referral {
+            Obj::Absent => continue,
+            other => report.obj(other, || format!("{}.referral", here())),
+        };
+        let Some(wamid) = report
+            .text(&message.id, || format!("{}.id", here()))
+            .filter(|id| !id.is_empty())
+        else {
             // Without a message id the lead could not be de-duplicated; the raw event keeps it.
-            tracing::warn!("a referral message without an id was kept only in the raw event");
-            out.status = ParseStatus::Partial;
+            tracing::warn!(path = %here(), "a referral message without an id was kept only in the raw event");
+            report.out.status = ParseStatus::Partial;
             continue;
         };
-        let contact = sender_contact(&value.contacts, &message);
-        out.leads.push(NewLead {
-            wamid: wamid.to_owned(),
+        let contact = sender_contact(contacts, message, report, at);
+        let from = report.text(&message.from, || format!("{}.from", here()));
+        let from_user = report.text(&message.from_user_id, || format!("{}.from_user_id", here()));
+        let (contact_wa_id, contact_user_id, profile_name) = match contact {
+            Some((ki, c)) => {
+                let cat = || format!("{}.contacts[{ki}]", at());
+                let profile = report.obj(&c.profile, || format!("{}.profile", cat()));
+                (
+                    report.text(&c.wa_id, || format!("{}.wa_id", cat())),
+                    report.text(&c.user_id, || format!("{}.user_id", cat())),
+                    profile
+                        .and_then(|p| report.text(&p.name, || format!("{}.profile.name", cat()))),
+                )
+            }
+            None => (None, None, None),
+        };
+        let text = report
+            .obj(&message.text, || format!("{}.text", here()))
+            .and_then(|t| report.text(&t.body, || format!("{}.text.body", here())));
+        let lead = NewLead {
+            wamid,
             waba_id: waba_id.map(str::to_owned),
-            phone_number_id: metadata.and_then(|m| own(&m.phone_number_id)),
-            display_phone_number: metadata.and_then(|m| own(&m.display_phone_number)),
-            wa_id: own(&message.from).or_else(|| contact.and_then(|c| own(&c.wa_id))),
-            user_id: own(&message.from_user_id).or_else(|| contact.and_then(|c| own(&c.user_id))),
-            profile_name: contact.and_then(|c| c.profile.as_ref().and_then(|p| own(&p.name))),
-            message_type: own(&message.kind),
-            text: message.text.as_ref().and_then(|t| own(&t.body)),
-            timestamp: message.timestamp.as_deref().and_then(|t| t.parse().ok()),
-            referral: to_referral(referral),
-        });
+            phone_number_id: phone_number_id.clone(),
+            display_phone_number: display_phone_number.clone(),
+            wa_id: from.or(contact_wa_id),
+            user_id: from_user.or(contact_user_id),
+            profile_name,
+            message_type: report.text(&message.kind, || format!("{}.type", here())),
+            text,
+            timestamp: report
+                .text(&message.timestamp, || format!("{}.timestamp", here()))
+                .and_then(|t| t.parse().ok()),
+            referral: referral
+                .map(|r| to_referral(r, report, &|| format!("{}.referral", here())))
+                .unwrap_or_default(),
+        };
+        report.out.leads.push(lead);
     }
 }
 
-fn parse_message<'a>(raw: &'a RawValue) -> Result<Message<'a>, serde_json::Error> {
-    serde_json::from_str(raw.get())
-}
-
-/// The contact who sent `message`: matched on `wa_id` = `from`, else on the BSUID.
+/// The contact who sent `message`, with its index: matched on `wa_id` = `from`, else on the
+/// BSUID, else the change's only contact. Contacts that are not objects are skipped (and reported).
 fn sender_contact<'c, 'a>(
-    contacts: &'c [Contact<'a>],
+    contacts: &'c [Obj<Contact<'a>>],
     message: &Message<'_>,
-) -> Option<&'c Contact<'a>> {
-    let by_wa_id = message
-        .from
-        .as_deref()
-        .and_then(|from| contacts.iter().find(|c| c.wa_id.as_deref() == Some(from)));
-    by_wa_id.or_else(|| {
-        let user = message.from_user_id.as_deref()?;
-        contacts.iter().find(|c| c.user_id.as_deref() == Some(user))
-    })
+    report: &mut Report<'_>,
+    at: &dyn Fn() -> String,
+) -> Option<(usize, &'c Contact<'a>)> {
+    let objects: Vec<(usize, &'c Contact<'a>)> = contacts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            report
+                .obj(c, || format!("{}.contacts[{i}]", at()))
+                .map(|c| (i, c))
+        })
+        .collect();
+    let by_wa_id = message.from.as_str().and_then(|from| {
+        objects
+            .iter()
+            .copied()
+            .find(|(_, c)| c.wa_id.as_str() == Some(from))
+    });
+    by_wa_id
+        .or_else(|| {
+            let user = message.from_user_id.as_str()?;
+            objects
+                .iter()
+                .copied()
+                .find(|(_, c)| c.user_id.as_str() == Some(user))
+        })
+        // A change with one contact names its sender, even when an id field is odd.
+        .or(match objects.as_slice() {
+            [only] => Some(*only),
+            _ => None,
+        })
 }
 
-fn to_referral(r: &crate::webhook::payload::Referral<'_>) -> NewReferral {
-    NewReferral {
-        source_url: own(&r.source_url),
-        source_id: own(&r.source_id),
-        source_type: own(&r.source_type),
-        headline: own(&r.headline),
-        body: own(&r.body),
-        media_type: own(&r.media_type),
-        image_url: own(&r.image_url),
-        video_url: own(&r.video_url),
-        thumbnail_url: own(&r.thumbnail_url),
-        ctwa_clid: own(&r.ctwa_clid),
-        ref_: own(&r.ref_),
-        welcome_message: r.welcome_message.as_ref().and_then(|w| own(&w.text)),
-    }
+fn to_referral(r: &Referral<'_>, report: &mut Report<'_>, at: &dyn Fn() -> String) -> NewReferral {
+    let mut f = |field: &Field<'_>, name: &str| report.text(field, || format!("{}.{name}", at()));
+    let mut referral = NewReferral {
+        source_url: f(&r.source_url, "source_url"),
+        source_id: f(&r.source_id, "source_id"),
+        source_type: f(&r.source_type, "source_type"),
+        headline: f(&r.headline, "headline"),
+        body: f(&r.body, "body"),
+        media_type: f(&r.media_type, "media_type"),
+        image_url: f(&r.image_url, "image_url"),
+        video_url: f(&r.video_url, "video_url"),
+        thumbnail_url: f(&r.thumbnail_url, "thumbnail_url"),
+        ctwa_clid: f(&r.ctwa_clid, "ctwa_clid"),
+        ref_: f(&r.ref_, "ref"),
+        welcome_message: None,
+    };
+    referral.welcome_message = report
+        .obj(&r.welcome_message, || format!("{}.welcome_message", at()))
+        .and_then(|w| report.text(&w.text, || format!("{}.welcome_message.text", at())));
+    referral
 }
 
 #[cfg(test)]
@@ -270,20 +467,128 @@ mod tests {
     #[test]
     fn a_malformed_message_does_not_cost_its_neighbours() {
         let body = delivery(json!({"messages": [
+            "not an object",
             {"id": 5, "referral": {}},
             {"id": "wamid.D", "referral": {"source_id": "AD"}},
             {"id": "wamid.E", "type": "text"}
         ]}));
         let out = extract(&body);
         assert_eq!(out.status, ParseStatus::Partial);
-        assert_eq!(out.messages, 3);
+        assert_eq!(out.messages, 4);
         assert_eq!(
             out.leads
                 .iter()
                 .map(|l| l.wamid.as_str())
                 .collect::<Vec<_>>(),
-            ["wamid.D"]
+            ["5", "wamid.D"]
         );
+    }
+
+    fn full() -> serde_json::Value {
+        json!({
+            "metadata": {"display_phone_number": "15550001111", "phone_number_id": "PN1"},
+            "contacts": [{"profile": {"name": "Zoë"}, "wa_id": "4917"}],
+            "messages": [{
+                "from": "4917", "id": "wamid.A", "timestamp": "1700000000", "type": "text",
+                "text": {"body": "hi"},
+                "referral": {"source_url": "https://fb.me/x", "source_id": "AD1", "source_type": "ad",
+                    "headline": "H", "body": "B", "ctwa_clid": "CLID", "ref": "R1",
+                    "welcome_message": {"text": "Welcome!"}}
+            }]
+        })
+    }
+
+    #[test]
+    fn one_odd_field_keeps_the_lead_and_the_other_fields() {
+        let cases: Vec<(&str, serde_json::Value, ParseStatus)> = vec![
+            ("/messages/0/referral/ref", json!(5), ParseStatus::Parsed),
+            (
+                "/messages/0/referral/source_id",
+                json!(120_000_001),
+                ParseStatus::Parsed,
+            ),
+            (
+                "/messages/0/timestamp",
+                json!(1_700_000_000),
+                ParseStatus::Parsed,
+            ),
+            (
+                "/messages/0/referral/ctwa_clid",
+                json!(["a"]),
+                ParseStatus::Partial,
+            ),
+            (
+                "/messages/0/referral/welcome_message",
+                json!("x"),
+                ParseStatus::Partial,
+            ),
+            ("/contacts/0/wa_id", json!(4917), ParseStatus::Parsed),
+            (
+                "/metadata/phone_number_id",
+                json!(106_540_352_242_922_u64),
+                ParseStatus::Parsed,
+            ),
+            (
+                "/contacts/0/profile",
+                json!("Jane Doe"),
+                ParseStatus::Partial,
+            ),
+        ];
+        for (pointer, odd, status) in cases {
+            let mut value = full();
+            *value.pointer_mut(pointer).expect(pointer) = odd.clone();
+            let out = extract(&delivery(value));
+            assert_eq!(out.status, status, "{pointer}");
+            assert_eq!(out.leads.len(), 1, "{pointer}: the lead survives");
+            let lead = &out.leads[0];
+            assert_eq!(lead.wamid, "wamid.A", "{pointer}");
+            assert_eq!(lead.text.as_deref(), Some("hi"), "{pointer}");
+            assert_eq!(lead.referral.headline.as_deref(), Some("H"), "{pointer}");
+            if let Some(n) = odd.as_u64() {
+                let field = match pointer {
+                    "/messages/0/referral/ref" => lead.referral.ref_.clone(),
+                    "/messages/0/referral/source_id" => lead.referral.source_id.clone(),
+                    "/messages/0/timestamp" => lead.timestamp.map(|t| t.to_string()),
+                    "/contacts/0/wa_id" => lead.wa_id.clone(),
+                    _ => lead.phone_number_id.clone(),
+                };
+                assert_eq!(field, Some(n.to_string()), "{pointer}: numbers become text");
+            }
+        }
+    }
+
+    #[test]
+    fn a_numeric_entry_id_is_text() {
+        let body = br#"{"object":"whatsapp_business_account","entry":[{"id":102290129340398,"changes":[{"field":"messages","value":{"messages":[{"id":"wamid.N","referral":{"ref":"r"}}]}}]}]}"#;
+        let out = extract(body);
+        assert_eq!(out.status, ParseStatus::Parsed);
+        assert_eq!(out.leads[0].waba_id.as_deref(), Some("102290129340398"));
+    }
+
+    #[test]
+    fn a_lone_surrogate_becomes_the_replacement_character() {
+        let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"messages","value":{"messages":[{"id":"wamid.S","referral":{"headline":"a\ud800b","body":"\ud83d\ude00","ref":"x\\ud800"}}]}}]}]}"#;
+        let out = extract(body);
+        assert_eq!(out.leads.len(), 1);
+        let r = &out.leads[0].referral;
+        assert_eq!(r.headline.as_deref(), Some("a\u{FFFD}b"));
+        assert_eq!(r.body.as_deref(), Some("😀"), "a valid pair is kept");
+        assert_eq!(
+            r.ref_.as_deref(),
+            Some("x\\ud800"),
+            "an escaped backslash is text"
+        );
+    }
+
+    #[test]
+    fn for_a_duplicate_key_the_last_value_wins() {
+        let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"messages","value":{"messages":[{"id":"wamid.D","referral":{"ref":"first","ref":"last","source_id":"AD"}}]}}]}]}"#;
+        let out = extract(body);
+        assert_eq!(out.leads.len(), 1);
+        assert_eq!(out.leads[0].referral.ref_.as_deref(), Some("last"));
+        assert_eq!(out.leads[0].referral.source_id.as_deref(), Some("AD"));
+        let top = br#"{"object":"whatsapp_business_account","object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"messages","value":{"messages":[{"id":"wamid.T","referral":{}}]}}]}]}"#;
+        assert_eq!(extract(top).leads.len(), 1);
     }
 
     #[test]
