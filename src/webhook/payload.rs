@@ -353,7 +353,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.ref_.as_str(), Some("5"));
-        assert_eq!(r.source_id.as_str(), Some("1500.0"), "as serde_json writes it");
+        assert_eq!(
+            r.source_id.as_str(),
+            Some("1500.0"),
+            "as serde_json writes it"
+        );
         assert_eq!(r.ctwa_clid, Field::Odd("an array"));
         assert_eq!(r.headline, Field::Odd("an object"));
         assert_eq!(r.body, Field::Odd("a boolean"));

@@ -126,8 +126,14 @@ fn init_logs() {
     });
 }
 
+/// Personal data sent in wrongly typed fields (see `hardening`): never logged either.
+pub const MISTYPED_NAME: &str = "Jane Mistyped-Doe";
+pub const MISTYPED_PHONE: &str = "4915187654321";
+
 /// Secrets and payload content that must never appear in a log line.
 pub const NEVER_LOGGED: &[&str] = &[
+    MISTYPED_NAME,
+    MISTYPED_PHONE,
     VERIFY_TOKEN,
     APP_SECRET,
     ROTATED_SECRET,

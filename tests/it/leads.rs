@@ -559,3 +559,47 @@ async fn every_single_filter_page_is_index_backed() {
         }
     }
 }
+
+#[tokio::test]
+async fn csv_export_neutralises_formulas_and_json_stays_exact() {
+    let app = spawn_app().await;
+    let formula = "=HYPERLINK(\"http://evil\",\"click\")";
+    let mut message = referral_message("w.formula", "4912", "AD1");
+    message["text"]["body"] = json!("+49 call me");
+    message["referral"]["headline"] = json!("@SUM(A1:A9)");
+    let body = delivery(value(
+        "PN1",
+        json!([contact("4912", formula)]),
+        json!([message]),
+    ));
+    assert_eq!(app.deliver(&body).await.status(), 200);
+    let text = app
+        .get("/v1/leads/export?format=csv")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("\r\n"), "RFC 4180 line endings");
+    assert!(!text.replace("\r\n", "").contains('\n'), "no bare LF");
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let row = reader.records().next().unwrap().unwrap();
+    assert_eq!(&row[col("profile_name")], format!("'{formula}"));
+    assert_eq!(&row[col("text")], "'+49 call me");
+    assert_eq!(&row[col("headline")], "'@SUM(A1:A9)");
+    assert_eq!(&row[col("wamid")], "w.formula");
+    let lines = app
+        .get("/v1/leads/export?format=ndjson")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lead: Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    assert_eq!(lead["profile_name"], formula, "NDJSON is exact");
+    assert_eq!(lead["text"], "+49 call me");
+}

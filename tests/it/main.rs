@@ -3,6 +3,7 @@
 
 mod faults;
 mod graph;
+mod hardening;
 mod helpers;
 mod hostile;
 mod leads;

@@ -594,3 +594,30 @@ async fn the_suite_log_capture_sees_the_service_so_its_secrecy_check_is_real() {
     }
     // TestApp's drop then checks NEVER_LOGGED against everything captured.
 }
+
+#[tokio::test]
+async fn health_probes_are_logged_at_debug_not_info() {
+    let app = spawn_app().await;
+    for probe in ["/healthz", "/readyz"] {
+        let res = app
+            .client
+            .get(app.url(probe))
+            .header("x-request-id", format!("probe-level-check{}", &probe[1..]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    let Some(logs) = captured_logs() else { return };
+    for probe in ["healthz", "readyz"] {
+        let lines: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains(&format!("probe-level-check{probe}")))
+            .collect();
+        assert!(!lines.is_empty(), "the probe was logged at all");
+        for line in lines {
+            assert!(line.contains("DEBUG"), "{line}");
+            assert!(!line.contains(" INFO "), "{line}");
+        }
+    }
+}
