@@ -89,6 +89,8 @@ pub enum StartupError {
 
 pub struct Application {
     listener: TcpListener,
+    /// `GET /metrics`, on its own address.
+    metrics: Option<(TcpListener, metrics_exporter_prometheus::PrometheusHandle)>,
     router: axum::Router,
     store: Store,
     writer: WriterTask,
@@ -122,8 +124,22 @@ impl Application {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
+        let metrics = match settings.metrics.listen {
+            Some(addr) => {
+                let listener = crate::monitor::bind(addr)
+                    .await
+                    .map_err(|source| StartupError::Bind { addr, source })?;
+                let handle = crate::monitor::handle();
+                if handle.is_none() {
+                    tracing::warn!("another metrics recorder is installed: /metrics is not served");
+                }
+                handle.map(|handle| (listener, handle))
+            }
+            None => None,
+        };
         Ok(Self {
             listener,
+            metrics,
             store: state.store().clone(),
             router: crate::http::router(state),
             writer,
@@ -145,6 +161,13 @@ impl Application {
         self.store.clone()
     }
 
+    /// Where `/metrics` is served, if `[metrics] listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .and_then(|(listener, _)| listener.local_addr().ok())
+    }
+
     /// Serves until `shutdown` resolves, then drains: in-flight requests finish (up to
     /// [`crate::http::SHUTDOWN_GRACE`]), and the writer commits what was queued.
     pub async fn run_until(
@@ -153,12 +176,27 @@ impl Application {
     ) -> std::io::Result<()> {
         let Application {
             listener,
+            metrics,
             router,
             store,
             writer,
             header_read_timeout,
         } = self;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let metrics_task = metrics.map(|(listener, handle)| {
+            tokio::spawn(crate::monitor::serve(
+                listener,
+                handle,
+                stop.clone().cancelled_owned(),
+            ))
+        });
         let result = serve(listener, router, header_read_timeout, shutdown).await;
+        stop.cancel();
+        if let Some(task) = metrics_task {
+            if let Ok(Err(err)) = task.await {
+                tracing::warn!(%err, "the metrics listener failed");
+            }
+        }
         writer.shutdown().await;
         store.close().await;
         tracing::info!("stopped");

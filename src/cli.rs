@@ -183,7 +183,7 @@ async fn serve(settings: Settings) -> Result<ExitCode, ExitCode> {
         eprintln!("error: {err}");
         ExitCode::FAILURE
     })?;
-    tracing::info!(addr = %app.local_addr(), "listening");
+    tracing::info!(addr = %app.local_addr(), metrics = ?app.metrics_addr(), "listening");
     app.run_until(crate::app::shutdown_signal())
         .await
         .map_err(|err| {

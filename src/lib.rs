@@ -10,6 +10,7 @@ pub mod config;
 pub mod graph;
 pub mod http;
 pub mod leads;
+pub mod monitor;
 pub mod simulate;
 pub mod store;
 pub mod telemetry;

@@ -178,14 +178,21 @@ impl GraphClient {
         let mut last_err = None;
         for attempt in 1..=attempts {
             match self.request(&method, edge, &payload).send().await {
-                Ok(response) => return self.read(response).await,
-                Err(err) if err.is_timeout() => return Err(self.timed_out()),
+                Ok(response) => {
+                    crate::monitor::graph_request(edge, response.status().as_u16());
+                    return self.read(response).await;
+                }
+                Err(err) if err.is_timeout() => {
+                    crate::monitor::graph_request(edge, StatusCode::GATEWAY_TIMEOUT.as_u16());
+                    return Err(self.timed_out());
+                }
                 Err(err) => {
                     tracing::warn!(attempt, %method, edge, error = %without_url(&err), "graph request failed");
                     last_err = Some(err);
                 }
             }
         }
+        crate::monitor::graph_request(edge, StatusCode::BAD_GATEWAY.as_u16());
         let detail = last_err.map(|e| without_url(&e)).unwrap_or_default();
         Err(ApiError::Server {
             status: StatusCode::BAD_GATEWAY,

@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
     doc.merge(probes_doc);
     let (v1, v1_doc) = OpenApiRouter::new()
         .merge(crate::leads::api::router())
+        .merge(crate::leads::erasure::router())
         .merge(crate::graph::router())
         .split_for_parts();
     doc.merge(v1_doc);
@@ -84,6 +85,7 @@ pub fn router(state: AppState) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(middleware::from_fn(request_id::keep_only_safe_ids))
+                .layer(middleware::from_fn(record_metrics))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 // Whatever produced an error (axum's 405, a rejection, the time-out), the
@@ -119,14 +121,41 @@ fn trace(level: Level) -> Trace {
         .on_response(DefaultOnResponse::new().level(level))
 }
 
-/// The request span: method, path and request id. Never the query string (the challenge
-/// carries the verify token) and never headers (they carry signatures and bearer tokens).
+/// The request span: method, route and request id. The route is the template
+/// (`/v1/contacts/{id}`), so a path parameter (a phone number to erase) never reaches a log
+/// line. Never the query string (the challenge carries the verify token) and never headers
+/// (they carry signatures and bearer tokens).
 fn make_span(req: &Request) -> tracing::Span {
-    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %request_id::of(req))
+    tracing::info_span!("request", method = %req.method(), path = %route_of(req), request_id = %request_id::of(req))
 }
 
 fn make_debug_span(req: &Request) -> tracing::Span {
-    tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %request_id::of(req))
+    tracing::debug_span!("request", method = %req.method(), path = %route_of(req), request_id = %request_id::of(req))
+}
+
+fn route_of(req: &Request) -> &str {
+    req.extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("(unmatched)", |p| p.as_str())
+}
+
+/// Counts every request by route template (never the raw path, which would make a series per
+/// lead id), method and status, with its latency.
+async fn record_metrics(request: Request, next: middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    crate::monitor::http_request(
+        &route,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response {

@@ -1,7 +1,8 @@
-//! Leads: [`extract`] turns a verified delivery into leads (pure, no I/O), and [`api`] serves
-//! the stored ones over `/v1/leads`.
+//! Leads: [`extract`] turns a verified delivery into leads (pure, no I/O), [`api`] serves the
+//! stored ones over `/v1/leads`, and [`erasure`] removes one person's data on request.
 
 pub mod api;
+pub mod erasure;
 pub mod extract;
 
 /// RFC 3339, or whole unix seconds, to unix milliseconds: how `since` and `until` are written

@@ -2,6 +2,7 @@
 //! [`writer`] and a separate read pool, so reads never block writes. `open` creates the file and
 //! its folder, applies the embedded migrations, and starts the writer.
 
+pub mod erasure;
 pub mod leads;
 pub mod maintenance;
 pub mod writer;
@@ -50,6 +51,9 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     read: SqlitePool,
+    /// For work outside the ingest writer (erasure), on a connection of its own.
+    path: PathBuf,
+    durability: Durability,
     writer: writer::WriterHandle,
     healthy: Arc<AtomicBool>,
 }
@@ -203,8 +207,9 @@ pub async fn open(
     let max_batch = ingest.max_batch;
     let durability = settings.synchronous;
     let writer_healthy = healthy.clone();
+    let writer_path = path.clone();
     let writer = tokio::task::spawn_blocking(move || {
-        writer::Writer::new(path, durability, max_batch, writer_healthy)
+        writer::Writer::new(writer_path, durability, max_batch, writer_healthy)
     })
     .await
     .map_err(|err| StoreError::Io(std::io::Error::other(err)))??;
@@ -212,6 +217,8 @@ pub async fn open(
     Ok((
         Store {
             read,
+            path,
+            durability,
             writer,
             healthy,
         },

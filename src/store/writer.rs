@@ -126,7 +126,10 @@ fn flush_loop(
             }
             waiters
         };
-        let answer = match sync_data(wal) {
+        let started = std::time::Instant::now();
+        let synced = sync_data(wal);
+        crate::monitor::fsync(started.elapsed(), synced.is_ok());
+        let answer = match synced {
             Ok(()) => Ok(()),
             Err(err) => {
                 tracing::error!(%err, deliveries = waiters.len(), "WAL fsync failed");
@@ -153,6 +156,7 @@ pub struct WriterHandle {
 
 impl WriterHandle {
     pub async fn submit(&self, event: NewEvent, leads: Vec<NewLead>) -> Result<(), IngestError> {
+        crate::monitor::queue_depth(self.tx.max_capacity() - self.tx.capacity());
         let (done, rx) = oneshot::channel();
         self.tx
             .try_send(Msg::Job(Job { event, leads, done }))
@@ -285,6 +289,7 @@ impl Writer {
             }
             let started = std::time::Instant::now();
             let result = self.commit(&batch);
+            crate::monitor::batch_committed(batch.len(), started.elapsed(), result.is_ok());
             tracing::debug!(
                 deliveries = batch.len(),
                 micros = started.elapsed().as_micros() as u64,
@@ -423,13 +428,25 @@ fn write_batch(conn: &mut Connection, batch: &[Job], first_id: i64) -> rusqlite:
             ])?;
         }
     }
-    let leads = (first_id..).zip(batch).flat_map(|(id, job)| {
-        job.leads
+    let mut created = 0;
+    let mut duplicates = 0;
+    for (id, job) in (first_id..).zip(batch) {
+        let leads = job
+            .leads
             .iter()
-            .map(move |lead| (id, job.event.received_at_ms, lead))
-    });
-    insert_leads(&tx, leads)?;
-    tx.commit()
+            .map(|lead| (id, job.event.received_at_ms, lead));
+        let new = insert_leads(&tx, leads)?;
+        created += new;
+        if new == 0 && !job.leads.is_empty() {
+            duplicates += 1;
+        }
+    }
+    tx.commit()?;
+    use crate::monitor::{deliveries, leads_created, Outcome};
+    leads_created(created);
+    deliveries(Outcome::Duplicate, duplicates);
+    deliveries(Outcome::Stored, batch.len() as u64 - duplicates);
+    Ok(())
 }
 
 #[cfg(test)]

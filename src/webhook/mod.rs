@@ -23,6 +23,7 @@ use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::query::Params;
 use crate::leads::extract::{extract, ParseStatus};
+use crate::monitor::{self, Outcome};
 use crate::store::{IngestError, NewEvent};
 use admission::BodyError;
 
@@ -110,6 +111,7 @@ async fn receive(
     // something it is not.
     if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
         if !encoding.as_bytes().eq_ignore_ascii_case(b"identity") {
+            monitor::delivery(Outcome::Refused);
             return Err(ApiError::client(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -148,6 +150,7 @@ async fn receive(
                 BodyError::Broken => ApiError::bad_request("the body was cut off"),
             })?;
     let verified = state.verifier().verify(&headers, body).map_err(|err| {
+        monitor::delivery(Outcome::BadSignature);
         tracing::warn!(reason = %err, "refused an unsigned or forged delivery");
         ApiError::client(
             StatusCode::UNAUTHORIZED,
@@ -189,8 +192,12 @@ async fn receive(
         .ingest(event, extracted.leads)
         .await
         .map_err(|err| match err {
-            IngestError::Overloaded => ApiError::unavailable("overloaded, retry later", err),
+            IngestError::Overloaded => {
+                monitor::delivery(Outcome::Shed);
+                ApiError::unavailable("overloaded, retry later", err)
+            }
             IngestError::Failed | IngestError::Closed => {
+                monitor::delivery(Outcome::Failed);
                 ApiError::unavailable("not stored, retry later", err)
             }
         })?;

@@ -28,6 +28,8 @@ pub const WABA_ID: &str = "102290129340398";
 
 pub struct TestApp {
     pub addr: String,
+    /// `http://127.0.0.1:PORT` of `/metrics`, when `[metrics] listen` was set.
+    pub metrics_addr: Option<String>,
     pub client: reqwest::Client,
     pub store: Store,
     pub graph: MockServer,
@@ -178,6 +180,7 @@ async fn spawn_in(
     tweak(&mut s);
     let app = Application::build(s).await.expect("the app builds");
     let addr = format!("http://127.0.0.1:{}", app.port());
+    let metrics_addr = app.metrics_addr().map(|a| format!("http://{a}"));
     let store = app.store();
     let (stop, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
@@ -189,6 +192,7 @@ async fn spawn_in(
     });
     TestApp {
         addr,
+        metrics_addr,
         client: reqwest::Client::new(),
         store,
         graph,

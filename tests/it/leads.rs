@@ -603,3 +603,83 @@ async fn csv_export_neutralises_formulas_and_json_stays_exact() {
     assert_eq!(lead["profile_name"], formula, "NDJSON is exact");
     assert_eq!(lead["text"], "+49 call me");
 }
+
+#[tokio::test]
+async fn erasing_a_contact_removes_their_leads_and_every_raw_delivery_that_mentions_them() {
+    let app = spawn_app().await;
+    // A batch: Ana's and Bo's leads in one delivery.
+    let batch = delivery(value(
+        "PN1",
+        json!([
+            contact("4915100000077", "Ana Erase"),
+            contact("4915100000088", "Bo Keep")
+        ]),
+        json!([
+            referral_message("w.ana", "4915100000077", "AD1"),
+            referral_message("w.bo", "4915100000088", "AD1"),
+        ]),
+    ));
+    assert_eq!(app.deliver(&batch).await.status(), 200);
+    // A status update addressed to Ana: no lead, but it names her.
+    let status = delivery(
+        json!({"statuses": [{"id": "wamid.st", "status": "read", "recipient_id": "4915100000077"}]}),
+    );
+    assert_eq!(app.deliver(&status).await.status(), 200);
+    // A BSUID-only lead, and an unrelated delivery whose number merely contains Ana's.
+    let bsuid = delivery(json!({
+        "contacts": [{"profile": {"name": "Cy"}, "user_id": "US.erase.1"}],
+        "messages": [{"from_user_id": "US.erase.1", "id": "w.cy", "type": "text", "referral": {"source_id": "AD2"}}]
+    }));
+    assert_eq!(app.deliver(&bsuid).await.status(), 200);
+    let unrelated = one_lead("w.other");
+    let unrelated = String::from_utf8(unrelated)
+        .unwrap()
+        .replace("4915100000001", "49151000000770");
+    assert_eq!(app.deliver(unrelated.as_bytes()).await.status(), 200);
+    assert_eq!(app.event_count().await, 4);
+
+    let res = app.delete("/v1/contacts/4915100000077").await;
+    assert_eq!(res.status(), 200);
+    let erased: Value = res.json().await.unwrap();
+    assert_eq!(erased, json!({"leads": 1, "raw_deliveries": 2}));
+    assert!(app.lead("w.ana").await.is_none());
+    assert!(
+        app.lead("w.bo").await.is_some(),
+        "the batch's other lead stays"
+    );
+    assert!(app.lead("w.other").await.is_some());
+    assert_eq!(app.event_count().await, 2);
+
+    let res = app.delete("/v1/contacts/US.erase.1").await;
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"leads": 1, "raw_deliveries": 1})
+    );
+    assert!(app.lead("w.cy").await.is_none());
+    // Nothing left: zero counts, still 200.
+    let res = app.delete("/v1/contacts/4915100000077").await;
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"leads": 0, "raw_deliveries": 0})
+    );
+    if let Some(logs) = captured_logs() {
+        let audit: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("erasure request carried out"))
+            .collect();
+        assert!(audit.len() >= 3, "one audit line per erasure");
+        for line in audit {
+            assert!(
+                !line.contains("4915100000077") && !line.contains("US.erase.1"),
+                "{line}"
+            );
+        }
+    }
+    let res = app
+        .client
+        .delete(app.url("/v1/contacts/4915100000088"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401, "bearer-protected");
+}

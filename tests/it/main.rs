@@ -8,4 +8,5 @@ mod helpers;
 mod hostile;
 mod leads;
 mod maintenance;
+mod operations;
 mod webhook;

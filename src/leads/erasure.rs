@@ -1,0 +1,60 @@
+//! `DELETE /v1/contacts/{wa_id_or_user_id}`: erasure on request (GDPR art. 17). Removes the
+//! person's leads and every raw delivery that mentions them, answers with the counts, and writes
+//! one audit log line that carries no personal data.
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::Json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+use crate::http::error::{ApiError, ErrorEnvelope};
+use crate::store::erasure::Erased;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(erase_contact))
+}
+
+/// Longest id accepted; a wa_id is a phone number, a BSUID is short too.
+const MAX_ID: usize = 128;
+
+/// Erases one person: their leads (by `wa_id` or BSUID `user_id`) and every stored raw delivery
+/// that mentions them. A batch delivery is removed whole; the other people's leads from it stay.
+#[utoipa::path(
+    delete,
+    path = "/v1/contacts/{id}",
+    tag = "leads",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The person's wa_id or business-scoped user_id")),
+    responses(
+        (status = 200, description = "What was removed (zero counts when nothing was stored)", body = Erased),
+        (status = 400, description = "An empty, over-long or non-UTF-8 id", body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 503, description = "The database did not answer; nothing was removed", body = ErrorEnvelope),
+    )
+)]
+async fn erase_contact(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Erased>, ApiError> {
+    let Path(id) = id?;
+    let id = id.trim().to_owned();
+    if id.is_empty() || id.len() > MAX_ID {
+        return Err(ApiError::bad_request(format!(
+            "id: expected a wa_id or user_id of 1 to {MAX_ID} characters"
+        )));
+    }
+    let erased =
+        state.store().erase_contact(id).await.map_err(|err| {
+            ApiError::unavailable("the database did not answer, retry later", err)
+        })?;
+    // The audit trail: that an erasure happened and what it removed, never whose.
+    tracing::info!(
+        target: "audit",
+        leads = erased.leads,
+        raw_deliveries = erased.raw_deliveries,
+        "erasure request carried out"
+    );
+    Ok(Json(erased))
+}

@@ -1,0 +1,153 @@
+//! Prometheus metrics: every name the service records is defined here, with a small function
+//! per event, and [`serve`] answers `GET /metrics` on its own listener (`[metrics] listen`), so
+//! internal figures are never on the public webhook port. Recording goes through the `metrics`
+//! facade to one process-wide `metrics-exporter-prometheus` recorder.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+pub const HTTP_REQUESTS: &str = "ctwa_http_requests_total";
+pub const HTTP_DURATION: &str = "ctwa_http_request_duration_seconds";
+pub const DELIVERIES: &str = "ctwa_deliveries_total";
+pub const LEADS_CREATED: &str = "ctwa_leads_created_total";
+pub const BATCH_SIZE: &str = "ctwa_writer_batch_deliveries";
+pub const COMMIT_SECONDS: &str = "ctwa_writer_commit_seconds";
+pub const FSYNC_SECONDS: &str = "ctwa_writer_fsync_seconds";
+pub const QUEUE_DEPTH: &str = "ctwa_writer_queue_depth";
+pub const LAST_COMMIT_OK: &str = "ctwa_writer_last_commit_ok";
+pub const GRAPH_REQUESTS: &str = "ctwa_graph_requests_total";
+
+/// What became of a `POST /webhook` delivery.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome {
+    /// Stored, with at least one new lead or none expected.
+    Stored,
+    /// Stored, but every lead in it was already stored (Meta re-delivered it).
+    Duplicate,
+    BadSignature,
+    /// Refused with 503 before storing: the budgets or the queue were full.
+    Shed,
+    /// The database failed: 503.
+    Failed,
+    /// Too large, too slow, or encoded: 4xx.
+    Refused,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Stored => "stored",
+            Outcome::Duplicate => "duplicate",
+            Outcome::BadSignature => "bad_signature",
+            Outcome::Shed => "shed",
+            Outcome::Failed => "failed",
+            Outcome::Refused => "refused",
+        }
+    }
+}
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder once (later calls return the same handle). `None` if
+/// another recorder was installed first.
+pub fn handle() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let seconds = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ];
+            let sizes = [
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+            ];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &sizes));
+            match builder.map(PrometheusBuilder::install_recorder) {
+                Ok(Ok(handle)) => Some(handle),
+                _ => None,
+            }
+        })
+        .clone()
+}
+
+pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
+    let status = status.to_string();
+    counter!(HTTP_REQUESTS, "route" => route.to_owned(), "method" => method.to_owned(), "status" => status)
+        .increment(1);
+    histogram!(HTTP_DURATION, "route" => route.to_owned(), "method" => method.to_owned())
+        .record(elapsed.as_secs_f64());
+}
+
+pub fn delivery(outcome: Outcome) {
+    deliveries(outcome, 1);
+}
+
+pub fn deliveries(outcome: Outcome, n: u64) {
+    counter!(DELIVERIES, "outcome" => outcome.label()).increment(n);
+}
+
+pub fn leads_created(n: u64) {
+    counter!(LEADS_CREATED).increment(n);
+}
+
+pub fn batch_committed(deliveries: usize, elapsed: Duration, ok: bool) {
+    histogram!(BATCH_SIZE).record(deliveries as f64);
+    histogram!(COMMIT_SECONDS).record(elapsed.as_secs_f64());
+    gauge!(LAST_COMMIT_OK).set(if ok { 1.0 } else { 0.0 });
+}
+
+pub fn fsync(elapsed: Duration, ok: bool) {
+    histogram!(FSYNC_SECONDS).record(elapsed.as_secs_f64());
+    if !ok {
+        gauge!(LAST_COMMIT_OK).set(0.0);
+    }
+}
+
+pub fn queue_depth(n: usize) {
+    gauge!(QUEUE_DEPTH).set(n as f64);
+}
+
+pub fn graph_request(edge: &str, status: u16) {
+    counter!(GRAPH_REQUESTS, "edge" => edge.to_owned(), "status" => status.to_string())
+        .increment(1);
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let handle = handle.clone();
+            async move {
+                handle.run_upkeep();
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    handle.render(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Binds the metrics listener, naming the address if it cannot.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
