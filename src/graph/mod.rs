@@ -278,6 +278,15 @@ fn without_url(err: &reqwest::Error) -> String {
     text
 }
 
+/// Blank: empty or only ASCII spaces, tabs and line breaks. Kept to that set so the OpenAPI
+/// document's `[^ \t\r\n]` pattern means the same in every regex engine.
+pub fn is_blank(s: &str) -> bool {
+    s.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+}
+
+/// The pattern of a value that is not blank (see [`is_blank`]).
+pub const NOT_BLANK: &str = "[^ \t\r\n]";
+
 /// A JSON value as a query or form string: strings as they are, numbers as digits.
 pub(crate) fn scalar_text(value: &Value) -> Option<String> {
     match value {

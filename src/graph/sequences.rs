@@ -84,7 +84,7 @@ pub fn validate_sequence(seq: &Value) -> Result<(), ApiError> {
 
 fn text_field(name: &str, value: &Value) -> Result<String, ApiError> {
     match scalar_text(value) {
-        Some(s) if !s.trim().is_empty() => Ok(s),
+        Some(s) if !super::is_blank(&s) => Ok(s),
         _ => Err(ApiError::bad_request(format!(
             "{name}: expected a non-empty string"
         ))),
@@ -181,7 +181,7 @@ async fn list_sequences(
     let params: ListParams = raw.only(&["sequence_id", "limit"])?.to()?;
     let mut query = Vec::new();
     if let Some(id) = params.sequence_id {
-        if id.trim().is_empty() {
+        if super::is_blank(&id) {
             return Err(ApiError::bad_request("sequence_id: must not be empty"));
         }
         query.push(("sequence_id".to_owned(), id));
@@ -237,7 +237,7 @@ async fn delete_sequence(
     let params: DeleteParams = params.only(&["sequence_id"])?.to()?;
     let id = params
         .sequence_id
-        .filter(|id| !id.trim().is_empty())
+        .filter(|id| !super::is_blank(id))
         .ok_or_else(|| ApiError::bad_request("sequence_id: required to delete a sequence"))?;
     state
         .graph()

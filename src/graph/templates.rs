@@ -239,7 +239,7 @@ fn required_str<'a>(
     field: &str,
 ) -> Result<&'a str, ApiError> {
     match str_field(obj, field, field)? {
-        Some(s) if !s.trim().is_empty() => Ok(s),
+        Some(s) if !super::is_blank(s) => Ok(s),
         _ => Err(ApiError::bad_request(format!("{field}: required"))),
     }
 }
@@ -324,7 +324,7 @@ fn validate_component(i: usize, component: &Value) -> Result<(), ApiError> {
     let needs_text =
         matches!(kind.as_str(), "BODY" | "FOOTER") || (kind == "HEADER" && text_header);
     let text = str_field(c, "text", &format!("{path}.text"))?;
-    if needs_text && text.is_none_or(|t| t.trim().is_empty()) {
+    if needs_text && text.is_none_or(super::is_blank) {
         return Err(ApiError::bad_request(format!(
             "{path}.text: required for a {kind} component"
         )));
@@ -412,10 +412,10 @@ async fn delete_template(
     let params: DeleteParams = params.only(&["name", "hsm_id"])?.to()?;
     let name = params
         .name
-        .filter(|n| !n.trim().is_empty())
+        .filter(|n| !super::is_blank(n))
         .ok_or_else(|| ApiError::bad_request("name: required to delete a template"))?;
     let mut query = vec![("name".to_owned(), name)];
-    if let Some(id) = params.hsm_id.filter(|id| !id.trim().is_empty()) {
+    if let Some(id) = params.hsm_id.filter(|id| !super::is_blank(id)) {
         query.push(("hsm_id".to_owned(), id));
     }
     state

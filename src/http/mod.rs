@@ -3,6 +3,7 @@
 //! id, tracing without query strings, panic catching).
 
 pub mod auth;
+pub mod contract;
 pub mod error;
 pub mod links;
 pub mod query;
@@ -64,6 +65,8 @@ pub fn router(state: AppState) -> Router {
         state.clone(),
         auth::require_token,
     ));
+    let mut doc = serde_json::to_value(&doc).unwrap_or_default();
+    contract::refine(&mut doc);
     let doc = std::sync::Arc::new(doc);
     let served = Router::new()
         .merge(public)

@@ -1,7 +1,8 @@
 //! Query strings, read one way on every route: `+` and `%XX` are decoded strictly (a malformed
-//! escape or invalid UTF-8 is a 400, never silently replaced), an empty value counts as absent
-//! (`?source_id=` is the same as no `source_id`), and a route names the parameters it takes, so
-//! an unknown one is a 400 naming it instead of a filter silently dropped.
+//! escape or invalid UTF-8 is a 400, never silently replaced), an empty value is a 400 naming
+//! the parameter (leave it out instead; the document says `minLength: 1`), and a route names
+//! the parameters it takes, so an unknown one is a 400 naming it instead of a filter silently
+//! dropped.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -9,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::http::error::ApiError;
 
-/// The request's query parameters, decoded, in order; empty values left out.
+/// The request's query parameters, decoded, in order.
 #[derive(Debug, Default, Clone)]
 pub struct Params(Vec<(String, String)>);
 
@@ -61,9 +62,12 @@ impl Params {
                     "malformed query string: a parameter has no name",
                 ));
             }
-            if !value.is_empty() {
-                pairs.push((name, value));
+            if value.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "{name}: empty value (leave the parameter out instead)"
+                )));
             }
+            pairs.push((name, value));
         }
         Ok(Self(pairs))
     }
@@ -114,12 +118,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn decoding_is_strict_and_empty_means_absent() {
-        let p = Params::parse_query("a=x+y%21&b=&c=%C3%A9").unwrap();
+    fn decoding_is_strict_and_empty_values_are_refused() {
+        let p = Params::parse_query("a=x+y%21&c=%C3%A9&&").unwrap();
         assert_eq!(p.get("a"), Some("x y!"));
-        assert_eq!(p.get("b"), None);
         assert_eq!(p.get("c"), Some("é"));
-        for bad in ["name=%FF%FE", "after=<%zz>", "x=%4", "=v"] {
+        let err = Params::parse_query("a=1&b=").unwrap_err().to_string();
+        assert!(err.starts_with("b: empty value"), "{err}");
+        for bad in ["name=%FF%FE", "after=<%zz>", "x=%4", "=v", "flag"] {
             let err = Params::parse_query(bad).unwrap_err();
             assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST, "{bad}");
         }

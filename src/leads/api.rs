@@ -56,9 +56,11 @@ pub struct FilterParams {
     user_id: Option<String>,
     phone_number_id: Option<String>,
     waba_id: Option<String>,
-    /// Received at or after: RFC 3339 or unix seconds.
+    /// Received at or after: RFC 3339 (or unix seconds).
+    #[param(value_type = Option<String>, format = DateTime)]
     since: Option<String>,
-    /// Received at or before: RFC 3339 or unix seconds.
+    /// Received at or before: RFC 3339 (or unix seconds).
+    #[param(value_type = Option<String>, format = DateTime)]
     until: Option<String>,
 }
 
@@ -95,8 +97,10 @@ fn parse_time(name: &str, value: &str) -> Result<i64, ApiError> {
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// Leads per page, 1 to 500 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     limit: Option<String>,
     /// The cursor from the previous page's `paging.cursors.after`.
+    #[param(pattern = r"^[0-9]{1,15}\.[0-9]{1,18}$")]
     after: Option<String>,
 }
 
@@ -112,15 +116,26 @@ fn parse_limit(value: Option<&str>) -> Result<u32, ApiError> {
     }
 }
 
+/// `{received_at_ms}.{id}`: plain, so the document can state its exact form.
 fn encode_cursor(c: Cursor) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}:{}", c.received_at_ms, c.id))
+    format!("{}.{}", c.received_at_ms, c.id)
 }
 
+/// Reads a cursor; the base64 form earlier versions handed out is still accepted.
 fn decode_cursor(value: &str) -> Result<Cursor, ApiError> {
     let bad = || ApiError::bad_request("after: not a cursor from a previous page");
-    let raw = URL_SAFE_NO_PAD.decode(value).map_err(|_| bad())?;
-    let text = std::str::from_utf8(&raw).map_err(|_| bad())?;
-    let (at, id) = text.split_once(':').ok_or_else(bad)?;
+    let (at, id) = match value.split_once('.') {
+        Some(parts) => parts,
+        None => {
+            let raw = URL_SAFE_NO_PAD.decode(value).map_err(|_| bad())?;
+            let text = String::from_utf8(raw).map_err(|_| bad())?;
+            let (at, id) = text.split_once(':').ok_or_else(bad)?;
+            return Ok(Cursor {
+                received_at_ms: at.parse().map_err(|_| bad())?,
+                id: id.parse().map_err(|_| bad())?,
+            });
+        }
+    };
     Ok(Cursor {
         received_at_ms: at.parse().map_err(|_| bad())?,
         id: id.parse().map_err(|_| bad())?,
@@ -504,7 +519,10 @@ fn encode_page(format: Format, rows: Vec<LeadRow>) -> Result<Bytes, std::io::Err
     security(("bearer" = [])),
     params(ExportParams, FilterParams),
     responses(
-        (status = 200, description = "CSV (text/csv) or NDJSON (application/x-ndjson), streamed", body = String),
+        (status = 200, description = "CSV (RFC 4180, CRLF; formula-like cells prefixed with `'`) or NDJSON, streamed", content(
+            (String = "text/csv"),
+            (String = "application/x-ndjson"),
+        )),
         (status = 400, body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
     )

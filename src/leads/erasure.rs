@@ -39,8 +39,8 @@ async fn erase_contact(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Erased>, ApiError> {
     let Path(id) = id?;
-    let id = id.trim().to_owned();
-    if id.is_empty() || id.len() > MAX_ID {
+    let id = id.trim_matches([' ', '\t', '\r', '\n']).to_owned();
+    if id.is_empty() || id.chars().count() > MAX_ID {
         return Err(ApiError::bad_request(format!(
             "id: expected a wa_id or user_id of 1 to {MAX_ID} characters"
         )));

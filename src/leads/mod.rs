@@ -8,10 +8,13 @@ pub mod extract;
 /// RFC 3339, or whole unix seconds, to unix milliseconds: how `since` and `until` are written
 /// everywhere (API and CLI). The error says what is accepted.
 pub fn parse_time(value: &str) -> Result<i64, String> {
-    if let Ok(secs) = value.parse::<i64>() {
-        return secs
-            .checked_mul(1000)
-            .ok_or_else(|| "out of range".to_owned());
+    // Unix seconds: an optional minus and at most 12 digits (the document's pattern).
+    let digits = value.strip_prefix('-').unwrap_or(value);
+    if !digits.is_empty() && digits.len() <= 12 && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return value
+            .parse::<i64>()
+            .map(|secs| secs * 1000)
+            .map_err(|_| "out of range".to_owned());
     }
     chrono::DateTime::parse_from_rfc3339(value)
         .map(|t| t.timestamp_millis())

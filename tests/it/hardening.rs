@@ -285,13 +285,24 @@ async fn unknown_query_parameters_are_refused_by_name() {
             "{url}: {body}"
         );
     }
-    // An empty value is the same as an absent one, on every route.
-    for url in [
-        "/v1/leads?source_id=",
-        "/v1/leads/stats?ref=",
-        "/v1/leads/export?format=&source_id=",
+    // An empty value is refused, naming it, on every route (the document says minLength 1).
+    for (url, name) in [
+        ("/v1/leads?source_id=", "source_id"),
+        ("/v1/leads/stats?ref=", "ref"),
+        ("/v1/leads/export?format=", "format"),
+        ("/v1/welcome_message_sequences?sequence_id=", "sequence_id"),
+        ("/v1/message_templates?name=", "name"),
     ] {
-        assert_eq!(app.get(url).send().await.unwrap().status(), 200, "{url}");
+        let res = app.get(url).send().await.unwrap();
+        assert_eq!(res.status(), 400, "{url}");
+        let body: Value = res.json().await.unwrap();
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{name}: empty value")),
+            "{url}: {body}"
+        );
     }
 }
 
