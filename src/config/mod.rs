@@ -254,9 +254,9 @@ pub struct IngestSettings {
     pub queue_capacity: usize,
     /// Deliveries committed together in one transaction, at most.
     pub max_batch: usize,
-    /// Deliveries being received or awaiting their commit; past this, a fast 503.
+    /// Fully received deliveries awaiting their answer; past this, a fast 503.
     pub max_in_flight: usize,
-    /// Body bytes those deliveries may hold (reserved from `Content-Length` before reading).
+    /// Body bytes that bodies being received may hold, counted as they arrive.
     pub max_in_flight_bytes: usize,
     /// Verify and parse, but store nothing: the benchmark's ceiling. Never for production.
     pub ceiling_mode: bool,
@@ -526,6 +526,11 @@ impl Settings {
         if raw.retention.interval_secs == 0 {
             return Err(ConfigError::Invalid(
                 "retention.interval_secs must be above 0".into(),
+            ));
+        }
+        if raw.server.min_body_rate == 0 {
+            return Err(ConfigError::Invalid(
+                "server.min_body_rate must be above 0".into(),
             ));
         }
         if raw.graph.timeout_secs == 0 {
