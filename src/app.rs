@@ -36,6 +36,8 @@ struct Inner {
     ceiling_mode: bool,
     links: crate::http::links::Links,
     min_body_rate: usize,
+    keep_raw: crate::config::KeepRaw,
+    max_projection_lag: u64,
 }
 
 impl AppState {
@@ -71,6 +73,12 @@ impl AppState {
     }
     pub fn min_body_rate(&self) -> usize {
         self.0.min_body_rate
+    }
+    pub fn keep_raw(&self) -> crate::config::KeepRaw {
+        self.0.keep_raw
+    }
+    pub fn max_projection_lag(&self) -> u64 {
+        self.0.max_projection_lag
     }
 }
 
@@ -119,6 +127,8 @@ impl Application {
             ceiling_mode: settings.ingest.ceiling_mode,
             links: crate::http::links::Links::new(&settings.server),
             min_body_rate: settings.server.min_body_rate,
+            keep_raw: settings.retention.keep_raw,
+            max_projection_lag: settings.ingest.max_projection_lag,
         }));
         let addr = settings.server.listen;
         let listener = TcpListener::bind(addr)

@@ -23,14 +23,22 @@ pub const FSYNC_SECONDS: &str = "ctwa_writer_fsync_seconds";
 pub const QUEUE_DEPTH: &str = "ctwa_writer_queue_depth";
 pub const LAST_COMMIT_OK: &str = "ctwa_writer_last_commit_ok";
 pub const GRAPH_REQUESTS: &str = "ctwa_graph_requests_total";
+pub const PROJECTION_LAG_ENTRIES: &str = "ctwa_projection_lag_entries";
+pub const PROJECTION_LAG_SECONDS: &str = "ctwa_projection_lag_seconds";
+pub const PROJECTION_BATCH_SECONDS: &str = "ctwa_projection_batch_seconds";
+pub const PROJECTION_ENTRIES: &str = "ctwa_projection_entries_total";
 
 /// What became of a `POST /webhook` delivery.
 #[derive(Debug, Clone, Copy)]
 pub enum Outcome {
-    /// Stored, with at least one new lead or none expected.
+    /// Appended to the log (durable) and acknowledged.
     Stored,
-    /// Stored, but every lead in it was already stored (Meta re-delivered it).
+    /// Of the stored ones: every lead in it was already stored (Meta re-delivered it). Counted
+    /// by the projector, so it is a subset of `stored`, not an alternative to it.
     Duplicate,
+    /// Status-only, parsed cleanly, and `keep_raw` does not keep those: acknowledged and
+    /// counted, nothing written.
+    StatusOnly,
     BadSignature,
     /// Refused with 503 before storing: the budgets or the queue were full.
     Shed,
@@ -45,6 +53,7 @@ impl Outcome {
         match self {
             Outcome::Stored => "stored",
             Outcome::Duplicate => "duplicate",
+            Outcome::StatusOnly => "status_only",
             Outcome::BadSignature => "bad_signature",
             Outcome::Shed => "shed",
             Outcome::Failed => "failed",
@@ -113,6 +122,16 @@ pub fn fsync(elapsed: Duration, ok: bool) {
 
 pub fn queue_depth(n: usize) {
     gauge!(QUEUE_DEPTH).set(n as f64);
+}
+
+pub fn projection_lag(entries: u64, seconds: f64) {
+    gauge!(PROJECTION_LAG_ENTRIES).set(entries as f64);
+    gauge!(PROJECTION_LAG_SECONDS).set(seconds);
+}
+
+pub fn projection_batch(entries: usize, elapsed: Duration) {
+    counter!(PROJECTION_ENTRIES).increment(entries as u64);
+    histogram!(PROJECTION_BATCH_SECONDS).record(elapsed.as_secs_f64());
 }
 
 pub fn graph_request(edge: &str, status: u16) {

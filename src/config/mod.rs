@@ -116,10 +116,25 @@ pub struct MetricsSettings {
     pub listen: Option<SocketAddr>,
 }
 
+/// Which verified deliveries keep their raw body in the log.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KeepRaw {
+    /// Everything but status-only deliveries that parsed cleanly (most of a busy number's
+    /// traffic, and no lead in them): those are counted, not kept.
+    #[default]
+    NoStatuses,
+    /// Every verified delivery: a full audit log.
+    All,
+}
+
 /// How long raw deliveries are kept. Leads are never pruned.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionSettings {
+    /// Which deliveries keep their raw body at all. Deliveries that parsed `partial` or
+    /// `invalid` are always kept.
+    pub keep_raw: KeepRaw,
     /// Delete raw events older than this many days; 0 keeps them forever.
     pub raw_events_days: u32,
     /// Seconds between pruning passes.
@@ -129,6 +144,7 @@ pub struct RetentionSettings {
 impl Default for RetentionSettings {
     fn default() -> Self {
         Self {
+            keep_raw: KeepRaw::NoStatuses,
             raw_events_days: 30,
             interval_secs: 3600,
         }
@@ -186,7 +202,10 @@ pub enum Durability {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
+    /// The leads database (the read side, built by the projector).
     pub url: String,
+    /// The delivery log, acknowledged from; default: beside `url`, `<name>-log.db`.
+    pub log_url: Option<String>,
     /// Connections in the read pool (the single writer has its own).
     pub read_connections: u32,
     pub synchronous: Durability,
@@ -196,27 +215,45 @@ impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
             url: "sqlite://data/ctwa-leads.db".into(),
+            log_url: None,
             read_connections: 4,
             synchronous: Durability::Full,
         }
     }
 }
 
+/// The file path inside a `sqlite://path`, `sqlite:path` or bare-path URL.
+fn sqlite_path(url: &str, key: &str) -> Result<PathBuf, ConfigError> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let rest = rest.split('?').next().unwrap_or_default();
+    if rest.is_empty() || rest.contains(":memory:") {
+        return Err(ConfigError::Invalid(format!(
+            "{key} must name a file, e.g. sqlite://data/ctwa-leads.db"
+        )));
+    }
+    Ok(PathBuf::from(rest))
+}
+
 impl DatabaseSettings {
-    /// The file path inside `url` (`sqlite://path`, `sqlite:path` or a bare path).
+    /// The leads database's file.
     pub fn path(&self) -> Result<PathBuf, ConfigError> {
-        let rest = self
-            .url
-            .strip_prefix("sqlite://")
-            .or_else(|| self.url.strip_prefix("sqlite:"))
-            .unwrap_or(&self.url);
-        let rest = rest.split('?').next().unwrap_or_default();
-        if rest.is_empty() || rest.contains(":memory:") {
-            return Err(ConfigError::Invalid(
-                "database.url must name a file, e.g. sqlite://data/ctwa-leads.db".into(),
-            ));
+        sqlite_path(&self.url, "database.url")
+    }
+
+    /// The delivery log's file: `log_url`, or `<leads file stem>-log.db` beside the leads file.
+    pub fn log_path(&self) -> Result<PathBuf, ConfigError> {
+        if let Some(url) = &self.log_url {
+            return sqlite_path(url, "database.log_url");
         }
-        Ok(PathBuf::from(rest))
+        let leads = self.path()?;
+        let stem = leads
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "ctwa-leads".into());
+        Ok(leads.with_file_name(format!("{stem}-log.db")))
     }
 }
 
@@ -260,6 +297,11 @@ pub struct IngestSettings {
     pub max_in_flight_bytes: usize,
     /// Verify and parse, but store nothing: the benchmark's ceiling. Never for production.
     pub ceiling_mode: bool,
+    /// Log entries the projector may be behind; past this, new deliveries get a fast 503
+    /// (Meta retries), so the lag and the log stay bounded under sustained overload.
+    pub max_projection_lag: u64,
+    /// Log entries the projector turns into leads per transaction, at most.
+    pub projection_batch: usize,
 }
 
 impl Default for IngestSettings {
@@ -270,6 +312,8 @@ impl Default for IngestSettings {
             max_in_flight: 1024,
             max_in_flight_bytes: 64 * 1024 * 1024,
             ceiling_mode: false,
+            max_projection_lag: 200_000,
+            projection_batch: 2000,
         }
     }
 }
@@ -539,6 +583,16 @@ impl Settings {
             ));
         }
         raw.database.path()?;
+        if raw.database.log_path()? == raw.database.path()? {
+            return Err(ConfigError::Invalid(
+                "database.log_url must name a file other than database.url".into(),
+            ));
+        }
+        if raw.ingest.projection_batch == 0 || raw.ingest.max_projection_lag == 0 {
+            return Err(ConfigError::Invalid(
+                "ingest.projection_batch and ingest.max_projection_lag must be above 0".into(),
+            ));
+        }
         let mut server = raw.server;
         if let Some(url) = server.public_url.take() {
             let trimmed = url.trim().trim_end_matches('/').to_owned();

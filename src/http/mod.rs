@@ -171,14 +171,34 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: the database answers reads and the last commit succeeded.
+/// What `/readyz` answers.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Readiness {
+    /// `ready`, or `unavailable`.
+    status: &'static str,
+    /// How far the leads (`GET /v1/leads`) are behind acknowledged deliveries.
+    projection: crate::store::Lag,
+}
+
+/// Readiness: the database answers reads and the last commit succeeded. The body tells how far
+/// the projection is behind (a lead acknowledged by `POST /webhook` appears in `/v1/leads`
+/// within that lag); so does the `X-Projection-Lag` header, in entries.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
-    (status = 200, description = "Ready", body = String),
+    (status = 200, description = "Ready", body = Readiness),
     (status = 503, description = "The database is not usable", body = error::ErrorEnvelope),
 ))]
-async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let lag = state.store().lag();
     if state.ceiling_mode() || state.store().ready().await {
-        Ok("ready")
+        let mut response = Json(Readiness {
+            status: "ready",
+            projection: lag,
+        })
+        .into_response();
+        if let Ok(value) = axum::http::HeaderValue::from_str(&lag.entries.to_string()) {
+            response.headers_mut().insert("x-projection-lag", value);
+        }
+        Ok(response)
     } else {
         Err(ApiError::client(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -73,6 +73,21 @@ pub struct Extracted {
     pub leads: Vec<NewLead>,
     /// Inbound messages seen, with or without a referral.
     pub messages: usize,
+    /// Status updates (sent, delivered, read, failed) seen.
+    pub statuses: usize,
+    /// Anything else: changes of other fields, `messages` changes with neither messages nor
+    /// statuses, or a delivery for another object.
+    pub other: usize,
+}
+
+impl Extracted {
+    /// Only status updates, all read cleanly: no lead, nothing a later parser could recover.
+    pub fn is_status_only(&self) -> bool {
+        self.status == ParseStatus::Parsed
+            && self.messages == 0
+            && self.statuses > 0
+            && self.other == 0
+    }
 }
 
 /// Where odd fields are reported: sets `partial` and logs the JSON path and what was found,
@@ -197,8 +212,11 @@ pub fn extract(body: &[u8]) -> Extracted {
         status: ParseStatus::Parsed,
         leads: Vec::new(),
         messages: 0,
+        statuses: 0,
+        other: 0,
     };
     if delivery.object.as_str() != Some("whatsapp_business_account") {
+        out.other += 1;
         return out;
     }
     let mut report = Report { out: &mut out };
@@ -220,15 +238,25 @@ pub fn extract(body: &[u8]) -> Extracted {
                 continue;
             };
             if change.field.as_str() != Some("messages") {
+                report.out.other += 1;
                 continue;
             }
-            let Some(raw) = change.value else { continue };
+            let Some(raw) = change.value else {
+                report.out.other += 1;
+                continue;
+            };
             let canonical = OnceCell::new();
             match parse::<Obj<MessagesValue<'_>>>(raw.get(), &canonical) {
                 Ok(value) => {
                     let at = || format!("entry[{ei}].changes[{ci}].value");
                     if let Some(value) = report.obj(&value, at) {
+                        report.out.statuses += value.statuses.items.len();
+                        if value.messages.items.is_empty() && value.statuses.items.is_empty() {
+                            report.out.other += 1;
+                        }
                         extract_value(waba_id.as_deref(), value, &mut report, &at);
+                    } else {
+                        report.out.other += 1;
                     }
                 }
                 Err(err) => {
@@ -246,6 +274,8 @@ fn invalid() -> Extracted {
         status: ParseStatus::Invalid,
         leads: Vec::new(),
         messages: 0,
+        statuses: 0,
+        other: 1,
     }
 }
 

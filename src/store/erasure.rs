@@ -1,10 +1,11 @@
-//! Erasure of one person (GDPR art. 17): their leads, and every stored raw delivery that
+//! Erasure of one person (GDPR art. 17): their leads, and every raw delivery in the log that
 //! mentions them. A raw delivery is removed whole (a batch may hold other people's messages:
 //! their leads stay, only the raw copy goes). "Mentions" is exact: some string (or number) in
 //! the delivery's JSON equals the id, so a longer number that merely contains it is not hit.
 
 use rusqlite::{params, Connection};
 
+use super::log::unpack;
 use super::writer::open_connection;
 use super::{Store, StoreError};
 
@@ -18,19 +19,34 @@ pub struct Erased {
 }
 
 impl Store {
-    /// Removes everything stored about `id` (a `wa_id` or a BSUID `user_id`), in one transaction.
+    /// Removes everything stored about `id` (a `wa_id` or a BSUID `user_id`): first the raw
+    /// deliveries in the log (so the projector cannot rebuild a lead from them), then the leads.
+    /// Each part is one transaction; repeating a half-done erasure finishes it.
     pub async fn erase_contact(&self, id: String) -> Result<Erased, StoreError> {
-        let (path, durability) = (self.path.clone(), self.durability);
+        let (path, log_path, durability) =
+            (self.path.clone(), self.log_path.clone(), self.durability);
         tokio::task::spawn_blocking(move || {
-            let mut conn = open_connection(&path, durability)?;
-            let erased = erase(&mut conn, &id)?;
-            conn.close().map_err(|(_, err)| err)?;
-            Ok(erased)
+            let mut log = open_connection(&log_path, durability)?;
+            let raw_deliveries = erase_raw(&mut log, &id)?;
+            log.close().map_err(|(_, err)| err)?;
+            let leads = open_connection(&path, durability)?;
+            let removed = leads.execute(
+                "DELETE FROM leads WHERE wa_id = ?1 OR user_id = ?1",
+                params![id],
+            )? as u64;
+            leads.close().map_err(|(_, err)| err)?;
+            Ok(Erased {
+                leads: removed,
+                raw_deliveries,
+            })
         })
         .await
         .map_err(|err| StoreError::Io(std::io::Error::other(err)))?
     }
 }
+
+/// Log entries read per page while searching.
+const PAGE: i64 = 1000;
 
 /// Whether any string or number in `value` is exactly `id`.
 fn mentions(value: &serde_json::Value, id: &str) -> bool {
@@ -43,34 +59,42 @@ fn mentions(value: &serde_json::Value, id: &str) -> bool {
     }
 }
 
-fn erase(conn: &mut Connection, id: &str) -> rusqlite::Result<Erased> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let leads = tx.execute(
-        "DELETE FROM leads WHERE wa_id = ?1 OR user_id = ?1",
-        params![id],
-    )? as u64;
-    // A byte search narrows the scan; the JSON check makes it exact. A body that is not JSON
-    // but holds the id's bytes is removed too: nothing is kept that might name the person.
-    let candidates: Vec<(i64, Vec<u8>)> = tx
-        .prepare("SELECT id, body FROM events WHERE instr(body, CAST(?1 AS BLOB)) > 0")?
-        .query_map(params![id], |row| Ok((row.get(0)?, row.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut raw_deliveries = 0;
-    for (event_id, body) in candidates {
-        let hit = match serde_json::from_slice::<serde_json::Value>(&body) {
-            Ok(value) => mentions(&value, id),
-            Err(_) => true,
+/// Deletes every log entry that mentions `id`. Bodies are compressed, so each is unpacked and
+/// read as JSON: a full scan of the log, page by page (erasure is rare; retention bounds the log).
+fn erase_raw(log: &mut Connection, id: &str) -> Result<u64, StoreError> {
+    let mut hits = Vec::new();
+    let mut after = 0_i64;
+    loop {
+        let rows: Vec<(i64, i64, Vec<u8>)> = log
+            .prepare_cached("SELECT id, codec, body FROM log WHERE id > ?1 ORDER BY id LIMIT ?2")?
+            .query_map(params![after, PAGE], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let Some(last) = rows.last().map(|r| r.0) else {
+            break;
         };
-        if hit {
-            raw_deliveries +=
-                tx.execute("DELETE FROM events WHERE id = ?1", params![event_id])? as u64;
+        after = last;
+        for (entry, codec, body) in rows {
+            let raw = unpack(codec, body)?;
+            // A body that is not JSON but holds the id's bytes is removed too: nothing is kept
+            // that might name the person.
+            let hit = match serde_json::from_slice::<serde_json::Value>(&raw) {
+                Ok(value) => mentions(&value, id),
+                Err(_) => raw.windows(id.len()).any(|w| w == id.as_bytes()),
+            };
+            if hit {
+                hits.push(entry);
+            }
         }
     }
+    let tx = log.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut removed = 0;
+    for entry in hits {
+        removed += tx.execute("DELETE FROM log WHERE id = ?1", params![entry])? as u64;
+    }
     tx.commit()?;
-    Ok(Erased {
-        leads,
-        raw_deliveries,
-    })
+    Ok(removed)
 }
 
 #[cfg(test)]

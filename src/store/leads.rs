@@ -217,10 +217,3 @@ pub async fn count(pool: &SqlitePool) -> Result<i64, sqlx::Error> {
         .fetch_one(pool)
         .await
 }
-
-/// Raw events with their parse status, oldest first (for tests and re-extraction).
-pub async fn events(pool: &SqlitePool) -> Result<Vec<(i64, String, i64, Vec<u8>)>, sqlx::Error> {
-    sqlx::query_as("SELECT id, status, lead_count, body FROM events ORDER BY id")
-        .fetch_all(pool)
-        .await
-}

@@ -1,18 +1,24 @@
-//! Offline and background upkeep of the raw events: [`reextract`] rebuilds leads from stored
+//! Offline and background upkeep of the delivery log: [`reextract`] rebuilds leads from stored
 //! deliveries (after a parser fix, nothing is lost even for deliveries we could not read at the
-//! time), and [`prune_loop`] deletes raw events past the retention period in small batches.
-//! Neither ever deletes a lead.
+//! time), [`prune_loop`] deletes projected log entries past the retention period in small
+//! batches, and [`move_legacy_events`] moves raw deliveries that earlier versions kept in the
+//! leads database into the log, once. None of them ever deletes a lead.
 
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection};
 use sqlx::SqliteConnection;
 use tokio_util::sync::CancellationToken;
 
-use super::writer::{insert_leads, open_connection};
+use super::log::{status_code, unpack, Kind, LogRecord, Progress};
+use super::projector::{insert_leads, parse_status, set_watermark};
+use super::writer::open_connection;
 use super::StoreError;
-use crate::config::DatabaseSettings;
-use crate::leads::extract::extract;
+use crate::config::{DatabaseSettings, Durability};
+use crate::leads::extract::{extract, ParseStatus};
 
 const REEXTRACT_PAGE: i64 = 500;
 /// Raw events deleted per statement: short write locks, so ingest never waits long.
@@ -27,18 +33,23 @@ pub struct ReextractReport {
     pub restatused: u64,
 }
 
-/// Re-reads every raw event received at or after `since_ms` and stores the leads it holds.
+/// Re-reads every log entry received at or after `since_ms` and stores the leads it holds.
 /// Idempotent: a lead already stored (same `wamid`) is left alone.
 pub async fn reextract(
     settings: &DatabaseSettings,
     since_ms: Option<i64>,
 ) -> Result<ReextractReport, StoreError> {
     let (path, _) = super::migrate_schema(settings).await?;
+    let log_path = settings
+        .log_path()
+        .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
     let durability = settings.synchronous;
     tokio::task::spawn_blocking(move || {
-        let mut conn = open_connection(&path, durability)?;
-        let report = reextract_blocking(&mut conn, since_ms)?;
-        conn.close().map_err(|(_, err)| err)?;
+        let mut leads = open_connection(&path, durability)?;
+        let log = open_connection(&log_path, durability)?;
+        let report = reextract_blocking(&log, &mut leads, since_ms)?;
+        leads.close().map_err(|(_, err)| err)?;
+        log.close().map_err(|(_, err)| err)?;
         Ok(report)
     })
     .await
@@ -46,51 +57,74 @@ pub async fn reextract(
 }
 
 fn reextract_blocking(
-    conn: &mut Connection,
+    log: &Connection,
+    leads: &mut Connection,
     since_ms: Option<i64>,
 ) -> rusqlite::Result<ReextractReport> {
     let mut report = ReextractReport::default();
     let mut after_id = 0_i64;
     loop {
-        let rows: Vec<(i64, i64, String, Vec<u8>)> = conn
+        let rows: Vec<(i64, i64, i64, i64, Vec<u8>)> = log
             .prepare_cached(
-                "SELECT id, received_at, status, body FROM events \
+                "SELECT id, received_at, status, codec, body FROM log \
                  WHERE id > ?1 AND received_at >= ?2 ORDER BY id LIMIT ?3",
             )?
             .query_map(
                 params![after_id, since_ms.unwrap_or(i64::MIN), REEXTRACT_PAGE],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+                |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                    ))
+                },
             )?
             .collect::<rusqlite::Result<_>>()?;
         let Some(last) = rows.last() else { break };
         after_id = last.0;
-        let tx = conn.transaction()?;
-        for (id, received_at, status, body) in &rows {
-            let extracted = extract(body);
-            let leads = extracted.leads.iter().map(|lead| (*id, *received_at, lead));
-            report.new_leads += insert_leads(&tx, leads)?;
-            if status != extracted.status.as_str() {
-                tx.prepare_cached("UPDATE events SET status = ?1, lead_count = ?2 WHERE id = ?3")?
-                    .execute(params![
-                        extracted.status.as_str(),
-                        extracted.leads.len() as i64,
-                        id
-                    ])?;
-                report.restatused += 1;
+        let tx = leads.transaction()?;
+        let mut restatus = Vec::new();
+        for (id, received_at, status, codec, body) in rows {
+            let raw = match unpack(codec, body) {
+                Ok(raw) => raw,
+                Err(err) => {
+                    tracing::error!(id, %err, "a log entry could not be unpacked; skipped");
+                    continue;
+                }
+            };
+            let extracted = extract(&raw);
+            let rows = extracted.leads.iter().map(|lead| (id, received_at, lead));
+            report.new_leads += insert_leads(&tx, rows)?;
+            if parse_status(status) != extracted.status.as_str() {
+                restatus.push((id, extracted.status, extracted.leads.len()));
             }
             report.events += 1;
         }
         tx.commit()?;
+        for (id, status, count) in restatus {
+            log.prepare_cached("UPDATE log SET status = ?1, lead_count = ?2 WHERE id = ?3")?
+                .execute(params![status_code(status), count as i64, id])?;
+            report.restatused += 1;
+        }
     }
     Ok(report)
 }
 
-/// Deletes up to [`PRUNE_BATCH`] raw events received before `cutoff_ms`; returns how many.
-pub async fn prune_once(conn: &mut SqliteConnection, cutoff_ms: i64) -> Result<u64, sqlx::Error> {
+/// Deletes up to [`PRUNE_BATCH`] log entries received before `cutoff_ms` and already projected
+/// (id at most `projected`); returns how many. The log has no index on `received_at`: walking
+/// it in id order meets the oldest entries first, so the scan stops early.
+pub async fn prune_once(
+    conn: &mut SqliteConnection,
+    cutoff_ms: i64,
+    projected: i64,
+) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
-        "DELETE FROM events WHERE id IN \
-         (SELECT id FROM events WHERE received_at < ? ORDER BY received_at LIMIT ?)",
+        "DELETE FROM log WHERE id IN \
+         (SELECT id FROM log WHERE id <= ? AND received_at < ? ORDER BY id LIMIT ?)",
     )
+    .bind(projected)
     .bind(cutoff_ms)
     .bind(PRUNE_BATCH)
     .execute(&mut *conn)
@@ -104,6 +138,7 @@ pub async fn prune_loop(
     options: sqlx::sqlite::SqliteConnectOptions,
     days: u32,
     every: Duration,
+    progress: Arc<Progress>,
     stop: CancellationToken,
 ) {
     use sqlx::ConnectOptions;
@@ -122,7 +157,8 @@ pub async fn prune_loop(
         let cutoff = chrono::Utc::now().timestamp_millis() - i64::from(days) * 86_400_000;
         let mut total = 0;
         loop {
-            match prune_once(&mut conn, cutoff).await {
+            let projected = progress.projected.load(Ordering::Acquire);
+            match prune_once(&mut conn, cutoff, projected).await {
                 Ok(0) => break,
                 Ok(n) => total += n,
                 Err(err) => {
@@ -140,4 +176,73 @@ pub async fn prune_loop(
         }
         let _ = sqlx::Connection::close(conn).await;
     }
+}
+
+/// Moves the raw deliveries an earlier version kept in the leads database's `events` table into
+/// the log (same ids, compressed), advances the projection's watermark past them (their leads
+/// are already stored), and empties `events`. Idempotent: a crash half-way repeats safely.
+/// Returns how many were moved.
+pub fn move_legacy_events(leads_path: &Path, log_path: &Path) -> Result<u64, StoreError> {
+    let mut leads = open_connection(leads_path, Durability::Full)?;
+    let exists: bool = leads.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(0);
+    }
+    let log = open_connection(log_path, Durability::Full)?;
+    let mut moved = 0;
+    loop {
+        let rows: Vec<(i64, i64, String, i64, Vec<u8>)> = leads
+            .prepare_cached(
+                "SELECT id, received_at, status, lead_count, body FROM events ORDER BY id LIMIT ?1",
+            )?
+            .query_map(params![REEXTRACT_PAGE], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let Some(last) = rows.last().map(|r| r.0) else {
+            break;
+        };
+        {
+            let mut insert = log.prepare_cached(
+                "INSERT OR IGNORE INTO log (id, received_at, status, kind, lead_count, codec, body) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            log.execute_batch("BEGIN IMMEDIATE")?;
+            for (id, received_at, status, lead_count, body) in &rows {
+                let status = match status.as_str() {
+                    "parsed" => ParseStatus::Parsed,
+                    "partial" => ParseStatus::Partial,
+                    _ => ParseStatus::Invalid,
+                };
+                let kind = if *lead_count > 0 {
+                    Kind::Leads
+                } else {
+                    Kind::Other
+                };
+                let record = LogRecord::new(*received_at, status, kind, *lead_count as usize, body);
+                insert.execute(params![
+                    id,
+                    record.received_at_ms,
+                    status_code(record.status),
+                    record.kind.code(),
+                    record.lead_count as i64,
+                    record.codec,
+                    &record.body[..],
+                ])?;
+            }
+            log.execute_batch("COMMIT")?;
+        }
+        let tx = leads.transaction()?;
+        set_watermark(&tx, last)?;
+        tx.execute("DELETE FROM events WHERE id <= ?1", params![last])?;
+        tx.commit()?;
+        moved += rows.len() as u64;
+    }
+    log.close().map_err(|(_, err)| err)?;
+    leads.close().map_err(|(_, err)| err)?;
+    Ok(moved)
 }

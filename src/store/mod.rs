@@ -1,10 +1,19 @@
-//! All SQL lives here. SQLite in WAL mode, with one write connection owned by the group-commit
-//! [`writer`] and a separate read pool, so reads never block writes. `open` creates the file and
-//! its folder, applies the embedded migrations, and starts the writer.
+//! All SQL lives here. Two SQLite files in WAL mode, each with its own writer and WAL, so the
+//! acknowledgement path never shares a write lock with the read side:
+//! - the delivery [`log`], appended to by the group-commit [`writer`] (a delivery is
+//!   acknowledged once its entry is durable);
+//! - the leads database, built from the log by the [`projector`] and read through a separate
+//!   read pool.
+//!
+//! `open` creates both files and their folder, applies the migrations, moves raw deliveries
+//! left by earlier versions into the log, and starts the writer, the projector and the
+//! background upkeep (checkpoints, retention).
 
 pub mod erasure;
 pub mod leads;
+pub mod log;
 pub mod maintenance;
+pub mod projector;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -20,7 +29,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DatabaseSettings, Durability, IngestSettings, RetentionSettings};
-pub use writer::{IngestError, NewEvent};
+pub use log::{Kind, LogRecord, Progress};
+pub use writer::IngestError;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -37,6 +47,12 @@ pub enum StoreError {
         user: String,
         source: sqlx::Error,
     },
+    #[error("cannot open the delivery log {path}: {source} (running as {user}; the folder must be writable by that user)")]
+    OpenLog {
+        path: String,
+        user: String,
+        source: rusqlite::Error,
+    },
     #[error("database: {0}")]
     Sqlx(#[from] sqlx::Error),
     #[error("migrations: {0}")]
@@ -51,16 +67,21 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     read: SqlitePool,
-    /// For work outside the ingest writer (erasure), on a connection of its own.
+    /// For work outside the ingest writer and the projector (erasure), on connections of its own.
     path: PathBuf,
+    log_path: PathBuf,
     durability: Durability,
+    progress: Arc<Progress>,
     writer: writer::WriterHandle,
     healthy: Arc<AtomicBool>,
 }
 
-/// The writer task, stopped on shutdown.
+/// The writer and the projector, stopped (and drained) on shutdown.
 pub struct WriterTask {
     handle: JoinHandle<()>,
+    projector: Option<std::thread::JoinHandle<()>>,
+    projector_stop: Arc<AtomicBool>,
+    progress: Arc<Progress>,
     /// The checkpointer, and the retention pruner when enabled.
     background: Vec<JoinHandle<()>>,
     stop: CancellationToken,
@@ -74,6 +95,15 @@ impl WriterTask {
         if let Err(err) = self.handle.await {
             tracing::error!(%err, "the writer task failed");
         }
+        // The writer has committed and flushed what it held: the projector drains up to there.
+        self.projector_stop.store(true, Ordering::Release);
+        self.progress.mark_durable(0);
+        if let Some(projector) = self.projector {
+            let joined = tokio::task::spawn_blocking(move || projector.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::error!("the projector failed");
+            }
+        }
         for task in self.background {
             if let Err(err) = task.await {
                 tracing::error!(%err, "a background store task failed");
@@ -85,6 +115,8 @@ impl WriterTask {
 /// Copies WAL frames into the database file from its own connection, so the writer's thread
 /// spends its time on commits. PASSIVE never waits for, nor blocks, readers or the writer.
 async fn checkpoint_loop(options: SqliteConnectOptions, stop: CancellationToken) {
+    // The projector (leads) checkpoints by itself, off the acknowledgement path; this loop
+    // serves the log.
     let mut conn: Option<SqliteConnection> = None;
     let mut failing = false;
     loop {
@@ -150,8 +182,8 @@ fn ensure_folder(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// Creates the file (and its folder) if needed and brings the schema up to date; returns the
-/// file's path and the options every sqlx connection (reads, checkpoints, retention) opens with.
+/// Creates the files (and their folders) if needed and brings both schemas up to date; returns
+/// the leads file's path and the options every sqlx connection to it (reads) opens with.
 pub(crate) async fn migrate_schema(
     settings: &DatabaseSettings,
 ) -> Result<(PathBuf, SqliteConnectOptions), StoreError> {
@@ -159,6 +191,21 @@ pub(crate) async fn migrate_schema(
         .path()
         .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
     ensure_folder(&path)?;
+    let log_path = settings
+        .log_path()
+        .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
+    ensure_folder(&log_path)?;
+    {
+        let creating = log_path.clone();
+        tokio::task::spawn_blocking(move || log::create(&creating))
+            .await
+            .map_err(|err| StoreError::Io(std::io::Error::other(err)))?
+            .map_err(|source| StoreError::OpenLog {
+                path: log_path.display().to_string(),
+                user: crate::config::process_user(),
+                source,
+            })?;
+    }
     let options = connect_options(&path, settings.synchronous);
     let mut conn = options.connect().await.map_err(|source| StoreError::Open {
         path: path.display().to_string(),
@@ -167,6 +214,18 @@ pub(crate) async fn migrate_schema(
     })?;
     MIGRATOR.run(&mut conn).await?;
     conn.close().await?;
+    let (leads_path, moved_log) = (path.clone(), log_path);
+    let moved = tokio::task::spawn_blocking(move || {
+        maintenance::move_legacy_events(&leads_path, &moved_log)
+    })
+    .await
+    .map_err(|err| StoreError::Io(std::io::Error::other(err)))??;
+    if moved > 0 {
+        tracing::info!(
+            deliveries = moved,
+            "moved raw deliveries from the leads database into the delivery log"
+        );
+    }
     Ok((path, options))
 }
 
@@ -175,13 +234,16 @@ pub async fn migrate(settings: &DatabaseSettings) -> Result<(), StoreError> {
     migrate_schema(settings).await.map(drop)
 }
 
-/// Opens the database, migrates it, and starts the writer.
+/// Opens both databases, migrates them, and starts the writer, the projector and the upkeep.
 pub async fn open(
     settings: &DatabaseSettings,
     ingest: &IngestSettings,
     retention: &RetentionSettings,
 ) -> Result<(Store, WriterTask), StoreError> {
     let (path, options) = migrate_schema(settings).await?;
+    let log_path = settings
+        .log_path()
+        .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
     let read_options = options
         .clone()
         .pragma("cache_size", "-2000")
@@ -193,51 +255,156 @@ pub async fn open(
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(read_options)
         .await?;
+    let log_options = connect_options(&log_path, settings.synchronous);
     let healthy = Arc::new(AtomicBool::new(true));
+    let progress = Arc::new(Progress::default());
     let stop = CancellationToken::new();
-    let mut background = vec![tokio::spawn(checkpoint_loop(options.clone(), stop.clone()))];
+    let mut background = vec![tokio::spawn(checkpoint_loop(
+        log_options.clone(),
+        stop.clone(),
+    ))];
     if retention.raw_events_days > 0 {
         background.push(tokio::spawn(maintenance::prune_loop(
-            options.clone(),
+            log_options.clone(),
             retention.raw_events_days,
             Duration::from_secs(retention.interval_secs),
+            progress.clone(),
             stop.clone(),
         )));
     }
     let max_batch = ingest.max_batch;
     let durability = settings.synchronous;
-    let writer_healthy = healthy.clone();
-    let writer_path = path.clone();
+    let (writer_healthy, writer_progress, writer_path) =
+        (healthy.clone(), progress.clone(), log_path.clone());
     let writer = tokio::task::spawn_blocking(move || {
-        writer::Writer::new(writer_path, durability, max_batch, writer_healthy)
+        writer::Writer::new(
+            writer_path,
+            durability,
+            max_batch,
+            writer_healthy,
+            writer_progress,
+        )
     })
     .await
     .map_err(|err| StoreError::Io(std::io::Error::other(err)))??;
     let (writer, handle) = writer.spawn(ingest.queue_capacity, stop.clone())?;
+    let projector_stop = Arc::new(AtomicBool::new(false));
+    let projector = projector::Projector::new(
+        &log_path,
+        &path,
+        ingest.projection_batch,
+        progress.clone(),
+        projector_stop.clone(),
+    )?;
+    let projector = std::thread::Builder::new()
+        .name("projector".into())
+        .spawn(move || projector.run())?;
     Ok((
         Store {
             read,
             path,
+            log_path,
             durability,
+            progress: progress.clone(),
             writer,
             healthy,
         },
         WriterTask {
             handle,
+            projector: Some(projector),
+            projector_stop,
+            progress,
             background,
             stop,
         },
     ))
 }
 
+/// How far the projection is behind the log, for `/readyz`.
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
+pub struct Lag {
+    /// Log entries durable but not yet turned into leads.
+    pub entries: u64,
+    /// Age of the oldest of them, in seconds.
+    pub seconds: f64,
+    /// The projector's last transaction failed (it retries).
+    pub failing: bool,
+}
+
 impl Store {
-    /// Stores one verified delivery and its leads; returns once they are committed.
-    pub async fn ingest(
-        &self,
-        event: NewEvent,
-        leads: Vec<crate::leads::extract::NewLead>,
-    ) -> Result<(), IngestError> {
-        self.writer.submit(event, leads).await
+    /// Appends one verified delivery to the log; returns once it is durable.
+    pub async fn ingest(&self, record: LogRecord) -> Result<(), IngestError> {
+        self.writer.submit(record).await
+    }
+
+    /// How far the projection is behind.
+    pub fn lag(&self) -> Lag {
+        Lag {
+            entries: self.progress.lag_entries(),
+            seconds: self.progress.lag_seconds(),
+            failing: self.progress.projector_failing.load(Ordering::Acquire),
+        }
+    }
+
+    /// Waits until every entry durable now is projected, or `timeout` passes; returns whether
+    /// it caught up. For tests and tools that read right after writing.
+    pub async fn wait_projected(&self, timeout: Duration) -> bool {
+        let target = self.progress.durable.load(Ordering::Acquire);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.progress.projected.load(Ordering::Acquire) < target {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        true
+    }
+
+    /// Log entries stored (each a delivery whose raw body is kept).
+    pub async fn log_entries(&self) -> Result<u64, StoreError> {
+        let path = self.log_path.clone();
+        tokio::task::spawn_blocking(move || -> rusqlite::Result<u64> {
+            let conn = rusqlite::Connection::open(&path)?;
+            conn.busy_timeout(Duration::from_secs(5))?;
+            conn.query_row("SELECT COUNT(*) FROM log", [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+        })
+        .await
+        .map_err(|err| StoreError::Io(std::io::Error::other(err)))?
+        .map_err(StoreError::from)
+    }
+
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.log_path
+    }
+
+    /// Every log entry, oldest first, with its body as received: `(id, status, lead_count,
+    /// body)`. For tests and tools; it reads the whole log.
+    pub async fn raw_deliveries(&self) -> Result<Vec<(i64, String, i64, Vec<u8>)>, StoreError> {
+        let path = self.log_path.clone();
+        tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let conn = rusqlite::Connection::open(&path)?;
+            conn.busy_timeout(Duration::from_secs(5))?;
+            let rows: Vec<(i64, i64, i64, i64, Vec<u8>)> = conn
+                .prepare("SELECT id, status, lead_count, codec, body FROM log ORDER BY id")?
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            rows.into_iter()
+                .map(|(id, status, count, codec, body)| {
+                    let body = log::unpack(codec, body)?;
+                    Ok((
+                        id,
+                        log::status_from_code(status).as_str().to_owned(),
+                        count,
+                        body,
+                    ))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|err| StoreError::Io(std::io::Error::other(err)))?
     }
 
     /// The database answers reads, and the writer's last commit succeeded.

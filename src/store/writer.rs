@@ -1,9 +1,11 @@
-//! Group commit. One thread owns the write connection. Each request hands it a verified
-//! delivery and awaits a oneshot; the thread drains whatever is queued (up to `max_batch`) into a
-//! single `BEGIN IMMEDIATE … COMMIT`, then answers every waiter. Nobody is told "stored" before
+//! Group commit into the delivery [`log`](super::log). One thread owns the log's write
+//! connection. Each request hands it a verified, compressed delivery and awaits a oneshot; the
+//! thread drains whatever is queued (up to `max_batch`) into a single `BEGIN IMMEDIATE … COMMIT`
+//! of one row per delivery (no lead row, no secondary index), then answers every waiter. Nobody is told "stored" before
 //! the commit returned and, in FULL durability, before the WAL holding it was fsynced; when a
 //! batch fails every waiter in it hears so. The fsync runs on flush threads of its own
-//! ([`WalSync`]), so the next batch is written while the disk flushes the previous one.
+//! ([`WalSync`]), so the next batch is written while the disk flushes the previous one; once it
+//! succeeded, the batch's ids are published as durable and the projector is woken.
 //!
 //! The writer talks to SQLite through rusqlite on a blocking thread rather than through sqlx:
 //! sqlx runs each statement on its own worker thread and wakes the calling task for every
@@ -15,22 +17,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::log::{status_code, LogRecord, Progress};
 use crate::config::Durability;
-use crate::leads::extract::{NewLead, ParseStatus};
-
-/// One verified delivery, as received.
-#[derive(Debug)]
-pub struct NewEvent {
-    pub received_at_ms: i64,
-    pub status: ParseStatus,
-    pub body: Bytes,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum IngestError {
@@ -48,8 +41,7 @@ pub enum IngestError {
 type Waiter = oneshot::Sender<Result<(), IngestError>>;
 
 struct Job {
-    event: NewEvent,
-    leads: Vec<NewLead>,
+    record: LogRecord,
     done: Waiter,
 }
 
@@ -68,7 +60,8 @@ enum Msg {
 /// with the next batch during the flush, and one flush covers every batch committed before it.
 /// SQLite itself still syncs the WAL before each checkpoint copies it into the database file.
 struct WalSync {
-    tx: std::sync::mpsc::Sender<Vec<Waiter>>,
+    /// Waiters of committed batches, with the last log id they hold.
+    tx: std::sync::mpsc::Sender<(Vec<Waiter>, i64)>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -77,24 +70,29 @@ struct WalSync {
 const FLUSH_THREADS: usize = 2;
 
 impl WalSync {
-    fn start(wal: PathBuf, healthy: Arc<AtomicBool>) -> std::io::Result<Self> {
-        let (tx, rx) = std::sync::mpsc::channel::<Vec<Waiter>>();
+    fn start(
+        wal: PathBuf,
+        healthy: Arc<AtomicBool>,
+        progress: Arc<Progress>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<(Vec<Waiter>, i64)>();
         let rx = Arc::new(std::sync::Mutex::new(rx));
         let mut threads = Vec::with_capacity(FLUSH_THREADS);
         for _ in 0..FLUSH_THREADS {
-            let (rx, wal, healthy) = (rx.clone(), wal.clone(), healthy.clone());
+            let (rx, wal, healthy, progress) =
+                (rx.clone(), wal.clone(), healthy.clone(), progress.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name("wal-sync".into())
-                    .spawn(move || flush_loop(&rx, &wal, &healthy))?,
+                    .spawn(move || flush_loop(&rx, &wal, &healthy, &progress))?,
             );
         }
         Ok(Self { tx, threads })
     }
 
-    fn submit(&self, waiters: Vec<Waiter>) {
+    fn submit(&self, waiters: Vec<Waiter>, last_id: i64) {
         // The threads end only after `tx` is dropped, so this cannot fail.
-        let _ = self.tx.send(waiters);
+        let _ = self.tx.send((waiters, last_id));
     }
 
     /// Flushes and answers what is pending, then stops the threads.
@@ -113,24 +111,32 @@ impl WalSync {
 /// The receiver is held only while waiting, so another thread can start the next flush while
 /// this one is in progress; each waiter is answered by a flush that began after its commit.
 fn flush_loop(
-    rx: &std::sync::Mutex<std::sync::mpsc::Receiver<Vec<Waiter>>>,
+    rx: &std::sync::Mutex<std::sync::mpsc::Receiver<(Vec<Waiter>, i64)>>,
     wal: &std::path::Path,
     healthy: &AtomicBool,
+    progress: &Progress,
 ) {
     loop {
-        let waiters = {
+        let (waiters, last_id) = {
             let Ok(rx) = rx.lock() else { return };
-            let Ok(mut waiters) = rx.recv() else { return };
-            while let Ok(more) = rx.try_recv() {
+            let Ok((mut waiters, mut last_id)) = rx.recv() else {
+                return;
+            };
+            while let Ok((more, id)) = rx.try_recv() {
                 waiters.extend(more);
+                last_id = last_id.max(id);
             }
-            waiters
+            (waiters, last_id)
         };
         let started = std::time::Instant::now();
         let synced = sync_data(wal);
         crate::monitor::fsync(started.elapsed(), synced.is_ok());
         let answer = match synced {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // fdatasync covers the whole file: every batch committed before it started.
+                progress.mark_durable(last_id);
+                Ok(())
+            }
             Err(err) => {
                 tracing::error!(%err, deliveries = waiters.len(), "WAL fsync failed");
                 healthy.store(false, Ordering::Relaxed);
@@ -155,11 +161,11 @@ pub struct WriterHandle {
 }
 
 impl WriterHandle {
-    pub async fn submit(&self, event: NewEvent, leads: Vec<NewLead>) -> Result<(), IngestError> {
+    pub async fn submit(&self, record: LogRecord) -> Result<(), IngestError> {
         crate::monitor::queue_depth(self.tx.max_capacity() - self.tx.capacity());
         let (done, rx) = oneshot::channel();
         self.tx
-            .try_send(Msg::Job(Job { event, leads, done }))
+            .try_send(Msg::Job(Job { record, done }))
             .map_err(|err| match err {
                 mpsc::error::TrySendError::Full(_) => IngestError::Overloaded,
                 mpsc::error::TrySendError::Closed(_) => IngestError::Closed,
@@ -210,8 +216,8 @@ pub(super) struct Writer {
     path: PathBuf,
     max_batch: usize,
     healthy: Arc<AtomicBool>,
-    /// Event ids are assigned here, so a batch's leads can point at their event without reading
-    /// it back. Only this thread writes events.
+    progress: Arc<Progress>,
+    /// Log ids are assigned here: only this thread writes the log.
     next_event_id: i64,
     /// FULL durability: the WAL to fsync before acknowledging. `None`: answer at commit.
     wal: Option<PathBuf>,
@@ -224,9 +230,15 @@ impl Writer {
         durability: Durability,
         max_batch: usize,
         healthy: Arc<AtomicBool>,
+        progress: Arc<Progress>,
     ) -> rusqlite::Result<Self> {
         let conn = open_connection(&path, Durability::Normal)?;
         let next_event_id = next_event_id(&conn)?;
+        // Everything already in the file survived whatever stopped the last run: durable.
+        progress
+            .committed
+            .store(next_event_id - 1, Ordering::Release);
+        progress.mark_durable(next_event_id - 1);
         let wal = match durability {
             Durability::Full => {
                 let mut wal = path.clone().into_os_string();
@@ -240,6 +252,7 @@ impl Writer {
             path,
             max_batch,
             healthy,
+            progress,
             next_event_id,
             wal,
         })
@@ -253,7 +266,11 @@ impl Writer {
         stop: CancellationToken,
     ) -> std::io::Result<(WriterHandle, JoinHandle<()>)> {
         let sync = match &self.wal {
-            Some(wal) => Some(WalSync::start(wal.clone(), self.healthy.clone())?),
+            Some(wal) => Some(WalSync::start(
+                wal.clone(),
+                self.healthy.clone(),
+                self.progress.clone(),
+            )?),
             None => None,
         };
         let (tx, rx) = mpsc::channel(queue_capacity);
@@ -302,10 +319,18 @@ impl Writer {
                     self.healthy.store(false, Ordering::Relaxed);
                 }
             }
+            let last_id = self.next_event_id - 1;
             let waiters = batch.drain(..).map(|job| job.done);
             match (&sync, result) {
-                (Some(sync), Ok(())) => sync.submit(waiters.collect()),
+                (Some(sync), Ok(())) => {
+                    self.progress.committed.store(last_id, Ordering::Release);
+                    sync.submit(waiters.collect(), last_id);
+                }
                 (_, result) => {
+                    if result.is_ok() {
+                        self.progress.committed.store(last_id, Ordering::Release);
+                        self.progress.mark_durable(last_id);
+                    }
                     let answer = result.map_err(|_| IngestError::Failed);
                     for waiter in waiters {
                         // A waiter that gave up (its client hung up) simply gets no answer;
@@ -357,56 +382,8 @@ impl Writer {
     }
 }
 
-/// Inserts `(event_id, received_at_ms, lead)` rows, skipping wamids already stored. Runs inside
-/// the caller's transaction; returns how many leads were new.
-pub(super) fn insert_leads<'a>(
-    conn: &Connection,
-    leads: impl IntoIterator<Item = (i64, i64, &'a NewLead)>,
-) -> rusqlite::Result<u64> {
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO leads (wamid, event_id, received_at, waba_id, phone_number_id, \
-         display_phone_number, wa_id, user_id, profile_name, message_type, text, timestamp, \
-         source_url, source_id, source_type, headline, body, media_type, image_url, \
-         video_url, thumbnail_url, ctwa_clid, ref, welcome_message) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
-         ?18, ?19, ?20, ?21, ?22, ?23, ?24) \
-         ON CONFLICT (wamid) DO NOTHING",
-    )?;
-    let mut inserted = 0;
-    for (event_id, received_at, lead) in leads {
-        let r = &lead.referral;
-        inserted += insert.execute(params![
-            lead.wamid,
-            event_id,
-            received_at,
-            lead.waba_id,
-            lead.phone_number_id,
-            lead.display_phone_number,
-            lead.wa_id,
-            lead.user_id,
-            lead.profile_name,
-            lead.message_type,
-            lead.text,
-            lead.timestamp,
-            r.source_url,
-            r.source_id,
-            r.source_type,
-            r.headline,
-            r.body,
-            r.media_type,
-            r.image_url,
-            r.video_url,
-            r.thumbnail_url,
-            r.ctwa_clid,
-            r.ref_,
-            r.welcome_message,
-        ])? as u64;
-    }
-    Ok(inserted)
-}
-
 fn next_event_id(conn: &Connection) -> rusqlite::Result<i64> {
-    let max: Option<i64> = conn.query_row("SELECT MAX(id) FROM events", [], |row| row.get(0))?;
+    let max: Option<i64> = conn.query_row("SELECT MAX(id) FROM log", [], |row| row.get(0))?;
     Ok(max.unwrap_or(0) + 1)
 }
 
@@ -415,44 +392,30 @@ fn write_batch(conn: &mut Connection, batch: &[Job], first_id: i64) -> rusqlite:
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut insert = tx.prepare_cached(
-            "INSERT INTO events (id, received_at, status, lead_count, body) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO log (id, received_at, status, kind, lead_count, codec, body) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         for (id, job) in (first_id..).zip(batch) {
+            let r = &job.record;
             insert.execute(params![
                 id,
-                job.event.received_at_ms,
-                job.event.status.as_str(),
-                job.leads.len() as i64,
-                &job.event.body[..],
+                r.received_at_ms,
+                status_code(r.status),
+                r.kind.code(),
+                r.lead_count as i64,
+                r.codec,
+                &r.body[..],
             ])?;
         }
     }
-    let mut created = 0;
-    let mut duplicates = 0;
-    for (id, job) in (first_id..).zip(batch) {
-        let leads = job
-            .leads
-            .iter()
-            .map(|lead| (id, job.event.received_at_ms, lead));
-        let new = insert_leads(&tx, leads)?;
-        created += new;
-        if new == 0 && !job.leads.is_empty() {
-            duplicates += 1;
-        }
-    }
     tx.commit()?;
-    use crate::monitor::{deliveries, leads_created, Outcome};
-    leads_created(created);
-    deliveries(Outcome::Duplicate, duplicates);
-    deliveries(Outcome::Stored, batch.len() as u64 - duplicates);
+    crate::monitor::deliveries(crate::monitor::Outcome::Stored, batch.len() as u64);
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DatabaseSettings;
 
     fn waiter() -> (Waiter, oneshot::Receiver<Result<(), IngestError>>) {
         oneshot::channel()
@@ -465,50 +428,64 @@ mod tests {
         std::fs::write(&wal, b"frames").expect("wal file");
 
         let healthy = Arc::new(AtomicBool::new(true));
-        let sync = WalSync::start(wal.clone(), healthy.clone()).expect("thread");
+        let progress = Arc::new(Progress::default());
+        let sync = WalSync::start(wal.clone(), healthy.clone(), progress.clone()).expect("thread");
         let (a, a_rx) = waiter();
         let (b, b_rx) = waiter();
-        sync.submit(vec![a]);
-        sync.submit(vec![b]);
+        sync.submit(vec![a], 1);
+        sync.submit(vec![b], 2);
         assert_eq!(a_rx.blocking_recv(), Ok(Ok(())));
         assert_eq!(b_rx.blocking_recv(), Ok(Ok(())));
         assert!(healthy.load(Ordering::Relaxed));
+        assert_eq!(
+            progress.durable.load(Ordering::Acquire),
+            2,
+            "durable after the flush"
+        );
 
         // A flush that cannot happen must not be acknowledged as stored.
         std::fs::remove_file(&wal).expect("remove");
         let (c, c_rx) = waiter();
-        sync.submit(vec![c]);
+        sync.submit(vec![c], 3);
         assert_eq!(c_rx.blocking_recv(), Ok(Err(IngestError::Failed)));
         assert!(!healthy.load(Ordering::Relaxed));
+        assert_eq!(
+            progress.durable.load(Ordering::Acquire),
+            2,
+            "a failed flush publishes nothing"
+        );
 
         // Stopping answers what is still pending before the thread ends.
         std::fs::write(&wal, b"frames").expect("wal file");
         let (d, d_rx) = waiter();
-        sync.submit(vec![d]);
+        sync.submit(vec![d], 4);
         sync.finish();
         assert_eq!(d_rx.blocking_recv(), Ok(Ok(())));
     }
 
     async fn writer_on_a_fresh_database() -> (Writer, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let settings = DatabaseSettings {
-            url: format!("sqlite://{}", dir.path().join("leads.db").display()),
-            ..DatabaseSettings::default()
-        };
-        let (path, _) = super::super::migrate_schema(&settings)
-            .await
-            .expect("migrate");
-        let writer = Writer::new(path, Durability::Full, 64, Arc::new(AtomicBool::new(true)))
-            .expect("writer");
+        let path = dir.path().join("log.db");
+        super::super::log::create(&path).expect("log");
+        let writer = Writer::new(
+            path,
+            Durability::Full,
+            64,
+            Arc::new(AtomicBool::new(true)),
+            Arc::new(Progress::default()),
+        )
+        .expect("writer");
         (writer, dir)
     }
 
-    fn event() -> NewEvent {
-        NewEvent {
-            received_at_ms: 1,
-            status: ParseStatus::Parsed,
-            body: Bytes::from_static(b"{}"),
-        }
+    fn event() -> LogRecord {
+        LogRecord::new(
+            1,
+            crate::leads::extract::ParseStatus::Parsed,
+            super::super::log::Kind::Other,
+            0,
+            b"{}",
+        )
     }
 
     #[tokio::test]
@@ -516,16 +493,13 @@ mod tests {
         let (writer, _dir) = writer_on_a_fresh_database().await;
         let stop = CancellationToken::new();
         let (handle, task) = writer.spawn(64, stop.clone()).expect("spawn");
-        handle.submit(event(), Vec::new()).await.expect("stored");
+        handle.submit(event()).await.expect("stored");
         stop.cancel();
         tokio::time::timeout(Duration::from_secs(5), task)
             .await
             .expect("the writer ends after stop")
             .expect("no panic");
-        assert_eq!(
-            handle.submit(event(), Vec::new()).await,
-            Err(IngestError::Closed)
-        );
+        assert_eq!(handle.submit(event()).await, Err(IngestError::Closed));
     }
 
     #[tokio::test]
@@ -533,7 +507,7 @@ mod tests {
         let (writer, _dir) = writer_on_a_fresh_database().await;
         let stop = CancellationToken::new(); // never fired
         let (handle, task) = writer.spawn(64, stop).expect("spawn");
-        handle.submit(event(), Vec::new()).await.expect("stored");
+        handle.submit(event()).await.expect("stored");
         drop(handle);
         tokio::time::timeout(Duration::from_secs(5), task)
             .await

@@ -20,11 +20,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
+use crate::config::KeepRaw;
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::query::Params;
 use crate::leads::extract::{extract, ParseStatus};
 use crate::monitor::{self, Outcome};
-use crate::store::{IngestError, NewEvent};
+use crate::store::{IngestError, Kind, LogRecord};
 use admission::BodyError;
 
 /// Bodies above this are parsed on the blocking pool.
@@ -182,14 +183,52 @@ async fn receive(
     if state.ceiling_mode() {
         return Ok(Json(ack));
     }
-    let event = NewEvent {
-        received_at_ms,
-        status: extracted.status,
-        body: verified.into_bytes(),
+    if extracted.is_status_only() && state.keep_raw() == KeepRaw::NoStatuses {
+        // Most of a busy number's traffic: no lead, nothing to recover later. Counted only.
+        monitor::delivery(Outcome::StatusOnly);
+        return Ok(Json(ack));
+    }
+    let lag = state.store().lag();
+    if lag.entries > state.max_projection_lag() {
+        monitor::delivery(Outcome::Shed);
+        return Err(ApiError::client(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the projection is too far behind the log, retry later",
+        ));
+    }
+    let kind = if !extracted.leads.is_empty() {
+        Kind::Leads
+    } else if extracted.messages > 0 {
+        Kind::Messages
+    } else if extracted.statuses > 0 && extracted.other == 0 {
+        Kind::Statuses
+    } else {
+        Kind::Other
+    };
+    let raw = verified.into_bytes();
+    // Compression costs microseconds for a typical body; a large batch goes to the blocking
+    // pool like its parse did.
+    let record = if raw.len() > LARGE_BODY {
+        let status = extracted.status;
+        let count = extracted.leads.len();
+        tokio::task::spawn_blocking(move || {
+            LogRecord::new(received_at_ms, status, kind, count, &raw)
+        })
+        .await
+        .map_err(ApiError::internal)?
+    } else {
+        LogRecord::new(
+            received_at_ms,
+            extracted.status,
+            kind,
+            extracted.leads.len(),
+            &raw,
+        )
     };
     state
         .store()
-        .ingest(event, extracted.leads)
+        .ingest(record)
         .await
         .map_err(|err| match err {
             IngestError::Overloaded => {

@@ -170,7 +170,7 @@ pub fn assert_logs_clean() {
     }
 }
 
-async fn spawn_in(
+pub async fn spawn_in(
     dir: Arc<TempDir>,
     graph: MockServer,
     tweak: impl FnOnce(&mut Settings),
@@ -225,13 +225,34 @@ impl TestApp {
         format!("{}{path}", self.addr)
     }
 
+    /// POSTs `body` signed, without waiting for the projection.
+    pub async fn deliver_no_wait(&self, body: &[u8]) -> reqwest::Response {
+        self.deliver_signed_no_wait(body, Some(&sign(APP_SECRET, body)))
+            .await
+    }
+
     /// POSTs `body` signed with the primary app secret.
     pub async fn deliver(&self, body: &[u8]) -> reqwest::Response {
         self.deliver_signed(body, Some(&sign(APP_SECRET, body)))
             .await
     }
 
+    /// POSTs `body` with `signature`; after a 200, waits until the projector has built the
+    /// leads of everything acknowledged so far, so a test reads what it just delivered.
     pub async fn deliver_signed(&self, body: &[u8], signature: Option<&str>) -> reqwest::Response {
+        let res = self.deliver_signed_no_wait(body, signature).await;
+        if res.status().is_success() {
+            self.settle().await;
+        }
+        res
+    }
+
+    /// POSTs without waiting for the projection (the acknowledgement alone).
+    pub async fn deliver_signed_no_wait(
+        &self,
+        body: &[u8],
+        signature: Option<&str>,
+    ) -> reqwest::Response {
         let mut req = self
             .client
             .post(self.url("/webhook"))
@@ -241,6 +262,16 @@ impl TestApp {
             req = req.header(SIGNATURE_HEADER, sig);
         }
         req.send().await.expect("request sent")
+    }
+
+    /// Waits until the projection has caught up with every acknowledged delivery.
+    pub async fn settle(&self) {
+        assert!(
+            self.store
+                .wait_projected(std::time::Duration::from_secs(20))
+                .await,
+            "the projection did not catch up"
+        );
     }
 
     pub async fn lead(&self, wamid: &str) -> Option<LeadRow> {
@@ -262,11 +293,16 @@ impl TestApp {
             .expect("open the database")
     }
 
-    pub async fn event_count(&self) -> usize {
-        ctwa_leads::store::leads::events(self.store.read_pool())
+    /// Log entries, i.e. raw deliveries kept.
+    /// A connection of its own to the app's delivery log.
+    pub async fn outside_log(&self) -> sqlx::SqlitePool {
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", self.store.log_path().display()))
             .await
-            .expect("events")
-            .len()
+            .expect("open the log")
+    }
+
+    pub async fn event_count(&self) -> usize {
+        self.store.log_entries().await.expect("log entries") as usize
     }
 
     /// An authorized `/v1` GET.

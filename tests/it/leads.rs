@@ -606,7 +606,8 @@ async fn csv_export_neutralises_formulas_and_json_stays_exact() {
 
 #[tokio::test]
 async fn erasing_a_contact_removes_their_leads_and_every_raw_delivery_that_mentions_them() {
-    let app = spawn_app().await;
+    // Keep every raw delivery, so the status update below is stored to be erased.
+    let app = spawn_with(|s| s.retention.keep_raw = ctwa_leads::config::KeepRaw::All).await;
     // A batch: Ana's and Bo's leads in one delivery.
     let batch = delivery(value(
         "PN1",

@@ -1,5 +1,6 @@
-//! Raw events after the fact: re-extraction rebuilds leads idempotently, and retention prunes
-//! old raw events without touching leads.
+//! The delivery log after the fact: re-extraction rebuilds leads idempotently, retention prunes
+//! old projected entries without touching leads, and raw deliveries an earlier version kept in
+//! the leads database are moved into the log once.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use crate::helpers::*;
 #[tokio::test]
 async fn reextract_recovers_leads_from_deliveries_that_failed_to_parse_and_is_idempotent() {
     let app = spawn_app().await;
-    let db = app.outside_pool().await;
+    let log = app.outside_log().await;
     // A delivery stored while extraction was broken: kept raw, flagged, no lead.
     let body = delivery(value(
         "PN1",
@@ -20,9 +21,9 @@ async fn reextract_recovers_leads_from_deliveries_that_failed_to_parse_and_is_id
             referral_message("wamid.lost2", "4911", "AD2")
         ]),
     ));
-    sqlx::query("INSERT INTO events (id, received_at, status, lead_count, body) VALUES (1000000, 1732262400000, 'invalid', 0, ?)")
+    sqlx::query("INSERT INTO log (id, received_at, status, kind, lead_count, codec, body) VALUES (1000000, 1732262400000, 2, 3, 0, 0, ?)")
         .bind(&body)
-        .execute(&db)
+        .execute(&log)
         .await
         .unwrap();
     // One lead of it was stored some other way already: no duplicate may appear.
@@ -41,11 +42,11 @@ async fn reextract_recovers_leads_from_deliveries_that_failed_to_parse_and_is_id
         lead.received_at, 1_732_262_400_000,
         "the original receipt time is kept"
     );
-    let status: String = sqlx::query_scalar("SELECT status FROM events WHERE id = 1000000")
-        .fetch_one(&db)
+    let status: i64 = sqlx::query_scalar("SELECT status FROM log WHERE id = 1000000")
+        .fetch_one(&log)
         .await
         .unwrap();
-    assert_eq!(status, "parsed");
+    assert_eq!(status, 0, "re-flagged parsed");
 
     let again = ctwa_leads::store::maintenance::reextract(&settings.database, None)
         .await
@@ -65,35 +66,47 @@ async fn reextract_recovers_leads_from_deliveries_that_failed_to_parse_and_is_id
 }
 
 #[tokio::test]
-async fn retention_prunes_old_raw_events_in_the_background_and_never_leads() {
-    let app = spawn_with(|s| {
+async fn retention_prunes_old_projected_log_entries_and_never_leads() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let log_path = settings(&db_path(&dir), "http://unused")
+        .database
+        .log_path()
+        .unwrap();
+    std::fs::create_dir_all(log_path.parent().unwrap()).unwrap();
+    ctwa_leads::store::log::create(&log_path).unwrap();
+    let old_ms = chrono::Utc::now().timestamp_millis() - 40 * 86_400_000;
+    {
+        let log = sqlx::SqlitePool::connect(&format!("sqlite://{}", log_path.display()))
+            .await
+            .unwrap();
+        for i in 1..=1200_i64 {
+            sqlx::query("INSERT INTO log (id, received_at, status, kind, lead_count, codec, body) VALUES (?, ?, 0, 3, 0, 0, x'7b7d')")
+                .bind(i)
+                .bind(old_ms)
+                .execute(&log)
+                .await
+                .unwrap();
+        }
+        log.close().await;
+    }
+    let app = spawn_in(dir, wiremock::MockServer::start().await, |s| {
         s.retention.raw_events_days = 30;
         s.retention.interval_secs = 1;
     })
     .await;
     let db = app.outside_pool().await;
+    sqlx::query("INSERT INTO leads (wamid, event_id, received_at) VALUES ('wamid.old', 1, ?)")
+        .bind(old_ms)
+        .execute(&db)
+        .await
+        .unwrap();
     assert_eq!(app.deliver(&one_lead("wamid.recent")).await.status(), 200);
-    let old_ms = chrono::Utc::now().timestamp_millis() - 40 * 86_400_000;
-    for i in 0..1200_i64 {
-        sqlx::query("INSERT INTO events (id, received_at, status, lead_count, body) VALUES (?, ?, 'parsed', 1, x'7b7d')")
-            .bind(2_000_000 + i)
-            .bind(old_ms)
-            .execute(&db)
-            .await
-            .unwrap();
-    }
-    sqlx::query(
-        "INSERT INTO leads (wamid, event_id, received_at) VALUES ('wamid.old', 2000000, ?)",
-    )
-    .bind(old_ms)
-    .execute(&db)
-    .await
-    .unwrap();
+    let log = app.outside_log().await;
     let mut left = i64::MAX;
     for _ in 0..100 {
-        left = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE received_at < ?")
+        left = sqlx::query_scalar("SELECT COUNT(*) FROM log WHERE received_at < ?")
             .bind(old_ms + 1)
-            .fetch_one(&db)
+            .fetch_one(&log)
             .await
             .unwrap();
         if left == 0 {
@@ -101,10 +114,49 @@ async fn retention_prunes_old_raw_events_in_the_background_and_never_leads() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(left, 0, "old raw events were not pruned");
+    assert_eq!(left, 0, "old log entries were not pruned");
     assert!(app.lead("wamid.old").await.is_some(), "a lead was pruned");
     assert!(app.lead("wamid.recent").await.is_some());
-    assert_eq!(app.event_count().await, 1, "the recent raw event is kept");
+    assert_eq!(app.event_count().await, 1, "the recent entry is kept");
     // Ingest went on meanwhile.
     assert_eq!(app.deliver(&one_lead("wamid.during")).await.status(), 200);
+}
+
+#[tokio::test]
+async fn raw_deliveries_of_an_earlier_version_move_into_the_log_once() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let body = one_lead("wamid.legacy");
+    {
+        // An earlier version's database: leads and their raw deliveries in one file.
+        let app = spawn_in(dir.clone(), wiremock::MockServer::start().await, |_| {}).await;
+        let db = app.outside_pool().await;
+        sqlx::query(
+            "INSERT INTO events (id, received_at, status, lead_count, body) VALUES (7, 1732262400000, 'parsed', 1, ?)",
+        )
+        .bind(&body)
+        .execute(&db)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO leads (wamid, event_id, received_at) VALUES ('wamid.legacy', 7, 1732262400000)")
+            .execute(&db)
+            .await
+            .unwrap();
+        let mut app = app;
+        app.stop().await;
+    }
+    let app = spawn_in(dir, wiremock::MockServer::start().await, |_| {}).await;
+    let raw = app.store.raw_deliveries().await.unwrap();
+    assert_eq!(raw.len(), 1);
+    assert_eq!(
+        (raw[0].0, raw[0].1.as_str(), raw[0].3.as_slice()),
+        (7, "parsed", body.as_slice())
+    );
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+        .fetch_one(&app.outside_pool().await)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    assert_eq!(app.lead_count().await, 1, "not projected a second time");
+    assert_eq!(app.deliver(&one_lead("wamid.next")).await.status(), 200);
+    assert_eq!(app.lead_count().await, 2);
 }

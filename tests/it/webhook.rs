@@ -368,7 +368,33 @@ async fn deliveries_without_leads_are_acknowledged_and_kept_raw() {
         assert_eq!(ack["parse"], "parsed");
     }
     assert_eq!(app.lead_count().await, 0);
-    assert_eq!(app.event_count().await, 5);
+    // Clean status-only deliveries are counted, not kept (retention.keep_raw = "no_statuses").
+    assert_eq!(app.event_count().await, 4);
+}
+
+#[tokio::test]
+async fn status_only_bodies_are_kept_only_when_asked_and_odd_ones_always() {
+    let statuses =
+        delivery(json!({"statuses": [{"id": "wamid.s", "status": "read", "recipient_id": "111"}]}));
+    let odd =
+        delivery(json!({"statuses": [{"id": "wamid.s2", "status": "read"}], "metadata": "odd"}));
+    let app = spawn_app().await;
+    assert_eq!(app.deliver(&statuses).await.status(), 200);
+    assert_eq!(
+        app.event_count().await,
+        0,
+        "a clean status-only body is not kept"
+    );
+    let res = app.deliver(&odd).await;
+    assert_eq!(res.json::<Value>().await.unwrap()["parse"], "partial");
+    assert_eq!(app.event_count().await, 1, "a partial one always is");
+    let all = spawn_with(|s| s.retention.keep_raw = ctwa_leads::config::KeepRaw::All).await;
+    assert_eq!(all.deliver(&statuses).await.status(), 200);
+    assert_eq!(
+        all.event_count().await,
+        1,
+        "keep_raw = all keeps everything"
+    );
 }
 
 fn meta_json_bytes(v: Value) -> Vec<u8> {
@@ -383,9 +409,7 @@ async fn verified_non_json_is_stored_raw_flagged_and_acknowledged() {
     assert_eq!(res.status(), 200);
     let ack: Value = res.json().await.unwrap();
     assert_eq!(ack["parse"], "invalid");
-    let events = ctwa_leads::store::leads::events(app.store.read_pool())
-        .await
-        .unwrap();
+    let events = app.store.raw_deliveries().await.unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].1, "invalid");
     assert_eq!(events[0].3, body);
@@ -429,9 +453,9 @@ async fn two_hundred_concurrent_deliveries_are_all_stored() {
 #[tokio::test]
 async fn a_failed_commit_answers_503_and_the_next_one_recovers() {
     let app = spawn_app().await;
-    // Break the schema behind the writer's back: its inserts now fail.
-    let pool = app.outside_pool().await;
-    sqlx::query("ALTER TABLE leads RENAME TO leads_away")
+    // Break the log's schema behind the writer's back: its inserts now fail.
+    let pool = app.outside_log().await;
+    sqlx::query("ALTER TABLE log RENAME TO log_away")
         .execute(&pool)
         .await
         .unwrap();
@@ -448,12 +472,12 @@ async fn a_failed_commit_answers_503_and_the_next_one_recovers() {
             .status(),
         503
     );
-    // Nothing of the refused delivery was half-stored.
-    assert_eq!(app.event_count().await, 0);
-    sqlx::query("ALTER TABLE leads_away RENAME TO leads")
+    sqlx::query("ALTER TABLE log_away RENAME TO log")
         .execute(&pool)
         .await
         .unwrap();
+    // Nothing of the refused delivery was half-stored.
+    assert_eq!(app.event_count().await, 0);
     // Meta's retry succeeds without a restart.
     assert_eq!(app.deliver(&one_lead("wamid.fail")).await.status(), 200);
     assert!(app.lead("wamid.fail").await.is_some());
@@ -472,11 +496,11 @@ async fn a_failed_commit_answers_503_and_the_next_one_recovers() {
 async fn an_event_id_taken_behind_the_writers_back_fails_one_batch_and_nothing_else() {
     let app = spawn_app().await;
     assert_eq!(app.deliver(&one_lead("wamid.first")).await.status(), 200);
-    // Another process (say, a manual repair) writes the event id the writer would use next.
-    let pool = app.outside_pool().await;
+    // Another process (say, a manual repair) writes the log id the writer would use next.
+    let pool = app.outside_log().await;
     sqlx::query(
-        "INSERT INTO events (id, received_at, status, lead_count, body) \
-         SELECT MAX(id) + 1, 0, 'parsed', 0, x'7b7d' FROM events",
+        "INSERT INTO log (id, received_at, status, kind, lead_count, codec, body) \
+         SELECT MAX(id) + 1, 0, 0, 3, 0, 0, x'7b7d' FROM log",
     )
     .execute(&pool)
     .await
@@ -492,6 +516,51 @@ async fn an_event_id_taken_behind_the_writers_back_fails_one_batch_and_nothing_e
         3,
         "the first delivery, the foreign row, the retry"
     );
+}
+
+#[tokio::test]
+async fn a_failing_projection_keeps_acknowledging_and_catches_up_exactly_once() {
+    let app = spawn_app().await;
+    assert_eq!(app.deliver(&one_lead("wamid.before")).await.status(), 200);
+    // Break the read side: the projector's inserts fail, the log does not.
+    let pool = app.outside_pool().await;
+    sqlx::query("ALTER TABLE leads RENAME TO leads_away")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let res = app
+            .deliver_no_wait(&one_lead(&format!("wamid.behind{i}")))
+            .await;
+        assert_eq!(
+            res.status(),
+            200,
+            "the acknowledgement does not depend on the leads"
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let ready: Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["projection"]["entries"], 5, "{ready}");
+    assert_eq!(ready["projection"]["failing"], true, "{ready}");
+    sqlx::query("ALTER TABLE leads_away RENAME TO leads")
+        .execute(&pool)
+        .await
+        .unwrap();
+    app.settle().await;
+    for i in 0..5 {
+        assert!(app.lead(&format!("wamid.behind{i}")).await.is_some());
+    }
+    assert_eq!(app.lead_count().await, 6, "every lead exactly once");
+    let ready: Value = app.get_json("/readyz").await;
+    assert_eq!(ready["projection"]["entries"], 0);
 }
 
 #[tokio::test]

@@ -1,0 +1,294 @@
+//! The projector: the one loop that turns the delivery log into leads, off the acknowledgement
+//! path. It reads durable log entries after its watermark in large batches, extracts their
+//! leads (the same pure `extract` the webhook ran), inserts them deduplicated on `wamid`, and
+//! records the new watermark in the same transaction of the leads database, so a crash can
+//! neither lose nor duplicate a lead: after a restart it resumes from the watermark. This
+//! transaction is also where later work hooks in (the outbox for lead forwarding and
+//! conversion events is written here, with the leads).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::log::{status_from_code, unpack, Progress};
+use super::writer::open_connection;
+use crate::config::Durability;
+use crate::leads::extract::{extract, NewLead};
+
+/// How long the projector sleeps when nothing is new (it is woken earlier by the writer).
+const IDLE_WAIT: Duration = Duration::from_millis(250);
+/// A lag this old is worth a log line (at most every [`LAG_LOG_EVERY`]).
+const LAG_WORTH_LOGGING: f64 = 1.0;
+const LAG_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Inserts `(event_id, received_at_ms, lead)` rows, skipping wamids already stored. Runs inside
+/// the caller's transaction; returns how many leads were new.
+pub(super) fn insert_leads<'a>(
+    conn: &Connection,
+    leads: impl IntoIterator<Item = (i64, i64, &'a NewLead)>,
+) -> rusqlite::Result<u64> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO leads (wamid, event_id, received_at, waba_id, phone_number_id, \
+         display_phone_number, wa_id, user_id, profile_name, message_type, text, timestamp, \
+         source_url, source_id, source_type, headline, body, media_type, image_url, \
+         video_url, thumbnail_url, ctwa_clid, ref, welcome_message) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
+         ?18, ?19, ?20, ?21, ?22, ?23, ?24) \
+         ON CONFLICT (wamid) DO NOTHING",
+    )?;
+    let mut inserted = 0;
+    for (event_id, received_at, lead) in leads {
+        let r = &lead.referral;
+        inserted += insert.execute(params![
+            lead.wamid,
+            event_id,
+            received_at,
+            lead.waba_id,
+            lead.phone_number_id,
+            lead.display_phone_number,
+            lead.wa_id,
+            lead.user_id,
+            lead.profile_name,
+            lead.message_type,
+            lead.text,
+            lead.timestamp,
+            r.source_url,
+            r.source_id,
+            r.source_type,
+            r.headline,
+            r.body,
+            r.media_type,
+            r.image_url,
+            r.video_url,
+            r.thumbnail_url,
+            r.ctwa_clid,
+            r.ref_,
+            r.welcome_message,
+        ])? as u64;
+    }
+    Ok(inserted)
+}
+
+/// The projection's watermark, as recorded in the leads database.
+pub(super) fn watermark(conn: &Connection) -> rusqlite::Result<i64> {
+    Ok(conn
+        .query_row("SELECT watermark FROM projection WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .unwrap_or(0))
+}
+
+pub(super) fn set_watermark(conn: &Connection, id: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO projection (id, watermark) VALUES (1, ?1) \
+         ON CONFLICT (id) DO UPDATE SET watermark = MAX(watermark, excluded.watermark)",
+    )?
+    .execute(params![id])?;
+    Ok(())
+}
+
+/// One log entry as the projector reads it; `body` only when it holds leads.
+struct Entry {
+    id: i64,
+    received_at: i64,
+    codec: i64,
+    body: Option<Vec<u8>>,
+}
+
+pub(super) struct Projector {
+    log_path: PathBuf,
+    leads_path: PathBuf,
+    batch: usize,
+    progress: Arc<Progress>,
+    stop: Arc<AtomicBool>,
+    log: Option<Connection>,
+    leads: Option<Connection>,
+    watermark: i64,
+    last_lag_log: Instant,
+}
+
+impl Projector {
+    pub(super) fn new(
+        log_path: &Path,
+        leads_path: &Path,
+        batch: usize,
+        progress: Arc<Progress>,
+        stop: Arc<AtomicBool>,
+    ) -> rusqlite::Result<Self> {
+        let leads = open_connection(leads_path, Durability::Normal)?;
+        let watermark = watermark(&leads)?;
+        progress.projected.store(watermark, Ordering::Release);
+        Ok(Self {
+            log_path: log_path.to_path_buf(),
+            leads_path: leads_path.to_path_buf(),
+            batch,
+            progress,
+            stop,
+            log: None,
+            leads: Some(leads),
+            watermark,
+            last_lag_log: Instant::now(),
+        })
+    }
+
+    /// Runs until stopped and caught up with everything durable (so a drain projects it all).
+    pub(super) fn run(mut self) {
+        loop {
+            let durable = self.progress.durable.load(Ordering::Acquire);
+            if durable <= self.watermark {
+                self.progress
+                    .oldest_unprojected_ms
+                    .store(0, Ordering::Release);
+                crate::monitor::projection_lag(0, 0.0);
+                if self.stop.load(Ordering::Acquire) {
+                    break;
+                }
+                self.progress.wait(IDLE_WAIT);
+                continue;
+            }
+            match self.project_once(durable) {
+                Ok(()) => {
+                    if self
+                        .progress
+                        .projector_failing
+                        .swap(false, Ordering::AcqRel)
+                    {
+                        tracing::info!("projection resumed");
+                    }
+                }
+                Err(err) => {
+                    if !self.progress.projector_failing.swap(true, Ordering::AcqRel) {
+                        tracing::error!(%err, watermark = self.watermark, "projection failed; retrying");
+                    }
+                    // A connection in a bad state is replaced on the next round.
+                    self.log = None;
+                    self.leads = None;
+                    std::thread::sleep(Duration::from_millis(500));
+                    if self.stop.load(Ordering::Acquire) {
+                        tracing::warn!(
+                            lag = self.progress.lag_entries(),
+                            "stopping with the projection behind; it resumes on the next start"
+                        );
+                        break;
+                    }
+                }
+            }
+            self.report_lag();
+        }
+        tracing::debug!(watermark = self.watermark, "projector stopped");
+    }
+
+    fn connections(&mut self) -> rusqlite::Result<(&Connection, &mut Connection)> {
+        if self.log.is_none() {
+            let log = Connection::open(&self.log_path)?;
+            log.busy_timeout(Duration::from_secs(5))?;
+            log.pragma_update(None, "query_only", "ON")?;
+            self.log = Some(log);
+        }
+        if self.leads.is_none() {
+            let leads = open_connection(&self.leads_path, Durability::Normal)?;
+            self.watermark = self.watermark.max(watermark(&leads)?);
+            self.leads = Some(leads);
+        }
+        match (self.log.as_ref(), self.leads.as_mut()) {
+            (Some(log), Some(leads)) => Ok((log, leads)),
+            _ => Err(rusqlite::Error::InvalidQuery),
+        }
+    }
+
+    /// Projects the next batch of durable entries after the watermark.
+    fn project_once(&mut self, durable: i64) -> rusqlite::Result<()> {
+        let from = self.watermark;
+        let batch = self.batch;
+        let progress = self.progress.clone();
+        let (log, leads) = self.connections()?;
+        let entries: Vec<Entry> = log
+            .prepare_cached(
+                "SELECT id, received_at, codec, CASE WHEN lead_count > 0 THEN body END \
+                 FROM log WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
+            )?
+            .query_map(params![from, durable, batch as i64], |row| {
+                Ok(Entry {
+                    id: row.get(0)?,
+                    received_at: row.get(1)?,
+                    codec: row.get(2)?,
+                    body: row.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let Some(last) = entries.last().map(|e| e.id) else {
+            // Ids between the watermark and `durable` that hold nothing (a failed batch).
+            self.watermark = durable;
+            return self.record_watermark(durable);
+        };
+        if let Some(first) = entries.first() {
+            progress
+                .oldest_unprojected_ms
+                .store(first.received_at, Ordering::Release);
+        }
+        let started = Instant::now();
+        let tx = leads.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut created = 0;
+        let mut duplicates = 0;
+        for entry in &entries {
+            let Some(body) = &entry.body else { continue };
+            let raw = match unpack(entry.codec, body.clone()) {
+                Ok(raw) => raw,
+                Err(err) => {
+                    tracing::error!(id = entry.id, %err, "a log entry could not be unpacked; skipped");
+                    continue;
+                }
+            };
+            let extracted = extract(&raw);
+            let rows = extracted
+                .leads
+                .iter()
+                .map(|lead| (entry.id, entry.received_at, lead));
+            let new = insert_leads(&tx, rows)?;
+            created += new;
+            if new == 0 && !extracted.leads.is_empty() {
+                duplicates += 1;
+            }
+        }
+        // Everything up to `last` is done; a gap up to `durable` past the batch is not skipped.
+        let mark = if entries.len() < batch { durable } else { last };
+        set_watermark(&tx, mark)?;
+        tx.commit()?;
+        self.watermark = mark;
+        self.progress.projected.store(mark, Ordering::Release);
+        crate::monitor::leads_created(created);
+        crate::monitor::deliveries(crate::monitor::Outcome::Duplicate, duplicates);
+        crate::monitor::projection_batch(entries.len(), started.elapsed());
+        Ok(())
+    }
+
+    fn record_watermark(&mut self, id: i64) -> rusqlite::Result<()> {
+        let (_, leads) = self.connections()?;
+        set_watermark(leads, id)?;
+        self.progress.projected.store(id, Ordering::Release);
+        Ok(())
+    }
+
+    fn report_lag(&mut self) {
+        let entries = self.progress.lag_entries();
+        let seconds = self.progress.lag_seconds();
+        crate::monitor::projection_lag(entries, seconds);
+        if seconds >= LAG_WORTH_LOGGING && self.last_lag_log.elapsed() >= LAG_LOG_EVERY {
+            self.last_lag_log = Instant::now();
+            tracing::warn!(
+                lag_entries = entries,
+                lag_seconds = seconds,
+                "the projection is behind the log"
+            );
+        }
+    }
+}
+
+/// Parse status of a stored entry (for `reextract`).
+pub(super) fn parse_status(code: i64) -> &'static str {
+    status_from_code(code).as_str()
+}
