@@ -6,8 +6,17 @@
 //! cargo run --release --example loadgen -- --url http://127.0.0.1:8080 --connections 64 \
 //!     --duration 10 --secret example-app-secret --api-token example-api-token
 //!
-//! Mix: ~80% one referral message, ~10% of those batches of 2–5 messages, ~10% a message with
-//! no referral, ~10% statuses only; names with non-ASCII; bodies of 1–3 KB, escaped like Meta's.
+//! Traffic shaped like production: every contact has its own `wa_id` and BSUID `user_id`, every
+//! click its own `ctwa_clid`, across 50 ads; message text drawn from a vocabulary (not one
+//! repeated sentence, which would compress unrealistically well); names with non-ASCII; bodies
+//! of 1.5–2.5 KB, escaped like Meta's.
+//! - `--mix real` (default): ~80% referral deliveries (a tenth of them batches of 2–5
+//!   messages), ~10% a message with no referral, ~10% statuses only.
+//! - `--mix statuses`: 75% statuses only, as a busy sending number produces.
+//!
+//! `--prefill N` first stores N leads (in 1,000-message deliveries) and waits for the projection,
+//! to measure on a grown database. During the run `/readyz` is sampled every 100 ms for the
+//! projection lag; the exactly-once check waits for the projection to catch up first.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -44,6 +53,15 @@ struct Args {
     /// at a time, and report how long each took to be acknowledged.
     #[arg(long)]
     batch_probes: Option<usize>,
+    /// `real` or `statuses` (75% status-only).
+    #[arg(long, default_value = "real")]
+    mix: String,
+    /// Store this many leads before measuring (then wait for the projection).
+    #[arg(long, default_value_t = 0)]
+    prefill: usize,
+    /// Seconds to send before measuring (not counted).
+    #[arg(long, default_value_t = 0)]
+    warmup: u64,
 }
 
 /// xorshift64*: enough variety for payloads, no dependency.
@@ -75,8 +93,137 @@ const NAMES: &[&str] = &[
     "Ayşe Yılmaz",
     "Plain Name",
 ];
-const LOREM: &str = "Hi! I saw your ad and would like to know more about the offer, the prices, \
-    delivery times and whether you ship to my city. ";
+const WORDS: &[&str] = &[
+    "hi",
+    "hello",
+    "ola",
+    "hola",
+    "bonjour",
+    "saw",
+    "your",
+    "ad",
+    "on",
+    "instagram",
+    "facebook",
+    "price",
+    "prices",
+    "delivery",
+    "shipping",
+    "to",
+    "my",
+    "city",
+    "is",
+    "it",
+    "still",
+    "available",
+    "can",
+    "I",
+    "get",
+    "more",
+    "info",
+    "about",
+    "the",
+    "offer",
+    "discount",
+    "size",
+    "color",
+    "blue",
+    "red",
+    "black",
+    "white",
+    "M",
+    "L",
+    "XL",
+    "how",
+    "much",
+    "does",
+    "cost",
+    "when",
+    "open",
+    "tomorrow",
+    "today",
+    "thanks",
+    "obrigado",
+    "gracias",
+    "merci",
+    "please",
+    "send",
+    "catalog",
+    "photos",
+    "address",
+    "pickup",
+    "store",
+    "near",
+    "Berlin",
+    "Madrid",
+    "Lisboa",
+    "São",
+    "Paulo",
+    "México",
+    "order",
+    "pay",
+    "card",
+    "cash",
+    "transfer",
+    "installments",
+    "warranty",
+    "return",
+    "exchange",
+    "quality",
+    "original",
+    "model",
+    "2025",
+    "2026",
+    "pro",
+    "max",
+    "mini",
+    "kit",
+    "set",
+    "pair",
+    "box",
+    "gift",
+    "wrap",
+    "urgent",
+    "weekend",
+    "Monday",
+    "Friday",
+    "evening",
+    "morning",
+    "number",
+    "call",
+    "me",
+    "WhatsApp",
+    "here",
+    "yes",
+    "no",
+    "maybe",
+    "ok",
+    "great",
+    "perfect",
+    "😀",
+    "👍",
+    "🙏",
+    "❤️",
+    "¿",
+    "?",
+    "!",
+    ",",
+    ".",
+];
+
+/// Message text of about `len` characters, drawn from [`WORDS`] with numbers mixed in.
+fn text(rng: &mut Rng, len: usize) -> String {
+    let mut out = String::with_capacity(len + 16);
+    while out.len() < len {
+        if rng.below(8) == 0 {
+            out.push_str(&rng.below(100_000).to_string());
+        } else {
+            out.push_str(WORDS[rng.below(WORDS.len() as u64) as usize]);
+        }
+        out.push(' ');
+    }
+    out
+}
 
 /// A delivery as a template: `{ID}` is replaced by a unique id for each request.
 struct Template {
@@ -85,17 +232,19 @@ struct Template {
     referrals: usize,
 }
 
-fn templates(rng: &mut Rng) -> Vec<Template> {
-    (0..256)
+/// Templates: `{ID}` is unique per request; `{WA}` and `{US}` (the contact's `wa_id` and BSUID)
+/// and the click id are derived from it, so every contact and every click is new.
+fn templates(rng: &mut Rng, statuses_share: u64) -> Vec<Template> {
+    (0..512)
         .map(|_| {
             let kind = rng.below(100);
             let name = NAMES[rng.below(NAMES.len() as u64) as usize];
-            let text_len = 600 + rng.below(1800) as usize;
-            let text: String = LOREM.chars().cycle().take(text_len).collect();
-            let ad = format!("1202084519307{:05}", rng.below(500));
+            let text_len = 300 + rng.below(900) as usize;
+            let text = text(rng, text_len);
+            let ad = format!("1202084519307{:05}", rng.below(50));
             let message = |k: usize, referral: bool| {
                 let mut m = json!({
-                    "from": "4915112345678", "id": format!("wamid.{{ID}}-{k}"),
+                    "from": "{WA}", "id": format!("wamid.{{ID}}-{k}"),
                     "timestamp": "1763798400", "type": "text", "text": {"body": text}
                 });
                 if referral {
@@ -103,22 +252,26 @@ fn templates(rng: &mut Rng) -> Vec<Template> {
                         "source_url": "https://fb.me/3cr4Wqqkp", "source_id": ad, "source_type": "ad",
                         "headline": "Summer sale — 25% off", "body": "Tap to chat on WhatsApp",
                         "media_type": "image", "image_url": "https://scontent.xx.fbcdn.net/v/ad.jpg",
-                        "ctwa_clid": "ARAkLkA8rmlFeiCktEJQ-QTwRiyYHAFDLMNDBH0CD3qpjd0HR4irJ6LEkR7JwFF4-{ID}",
+                        "ctwa_clid": format!("ARAk{{CL}}{k}"),
                         "ref": "summer-sale"
                     });
                 }
                 m
             };
-            let (value, referrals) = if kind < 10 {
+            let rest = 100 - statuses_share;
+            let (value, referrals) = if kind < statuses_share {
+                let status = ["sent", "delivered", "read"][rng.below(3) as usize];
                 (json!({"messaging_product": "whatsapp",
                     "metadata": {"display_phone_number": "15550001234", "phone_number_id": "106540352242922"},
-                    "statuses": [{"id": "wamid.{ID}-s", "status": "delivered", "timestamp": "1763798400",
-                        "recipient_id": "4915112345678", "pricing": {"billable": true, "category": "service"},
-                        "padding": text}]}), 0)
+                    "statuses": [{"id": "wamid.{ID}-s", "status": status, "timestamp": "1763798400",
+                        "recipient_id": "{WA}", "recipient_user_id": "{US}",
+                        "conversation": {"id": "CONV{ID}", "origin": {"type": "marketing"}},
+                        "pricing": {"billable": true, "pricing_model": "PMP", "category": "marketing"}}]}), 0)
             } else {
-                let (messages, referrals) = if kind < 20 {
+                let kind = (kind - statuses_share) * 100 / rest;
+                let (messages, referrals) = if kind < 11 {
                     (vec![message(0, false)], 0)
-                } else if kind < 28 {
+                } else if kind < 20 {
                     let n = 2 + rng.below(4) as usize;
                     ((0..n).map(|k| message(k, true)).collect(), n)
                 } else {
@@ -126,7 +279,7 @@ fn templates(rng: &mut Rng) -> Vec<Template> {
                 };
                 (json!({"messaging_product": "whatsapp",
                     "metadata": {"display_phone_number": "15550001234", "phone_number_id": "106540352242922"},
-                    "contacts": [{"profile": {"name": name}, "wa_id": "4915112345678"}],
+                    "contacts": [{"profile": {"name": name}, "wa_id": "{WA}", "user_id": "{US}"}],
                     "messages": messages}), referrals)
             };
             let delivery = json!({"object": "whatsapp_business_account",
@@ -180,7 +333,14 @@ async fn worker(conn: usize, shared: Shared) -> Outcome {
         let t = &templates[rng.below(templates.len() as u64) as usize];
         let id = format!("{nonce:x}.{conn}.{n}");
         n += 1;
-        let body = t.body.replace("{ID}", &id);
+        // Every request a new contact (wa_id and BSUID) and a new click.
+        let unique = rng.next();
+        let body = t
+            .body
+            .replace("{ID}", &id)
+            .replace("{WA}", &format!("49{:011}", unique % 100_000_000_000))
+            .replace("{US}", &format!("US.{unique:016x}"))
+            .replace("{CL}", &format!("{unique:016x}{n}"));
         let signature = sign(&secret, body.as_bytes());
         out.bytes += body.len() as u64;
         out.sent += 1;
@@ -234,7 +394,11 @@ async fn main() {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(1);
-    let templates = Arc::new(templates(&mut Rng(nonce | 1)));
+    let statuses_share = match args.mix.as_str() {
+        "statuses" => 75,
+        _ => 10,
+    };
+    let templates = Arc::new(templates(&mut Rng(nonce | 1), statuses_share));
     let client = reqwest::Client::builder()
         .http1_only()
         .pool_max_idle_per_host(args.connections)
@@ -246,9 +410,32 @@ async fn main() {
         batch_probe(&client, &url, &args.secret, probes, nonce).await;
         return;
     }
+    if args.prefill > 0 {
+        prefill(&client, &url, &args.secret, args.prefill, nonce).await;
+        wait_caught_up(&client, &args.url).await;
+    }
+    if args.warmup > 0 {
+        let warm = Shared {
+            client: client.clone(),
+            url: url.clone(),
+            secret: args.secret.clone(),
+            templates: templates.clone(),
+            nonce: nonce ^ 0x5eed,
+            deadline: Instant::now() + Duration::from_secs(args.warmup),
+            collect: false,
+        };
+        let tasks: Vec<_> = (0..args.connections)
+            .map(|c| tokio::spawn(worker(c, warm.clone())))
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+        wait_caught_up(&client, &args.url).await;
+    }
     let collect = args.api_token.is_some();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration);
+    let sampler = tokio::spawn(sample_lag(client.clone(), args.url.clone(), deadline));
     let shared = Shared {
         client: client.clone(),
         url: url.clone(),
@@ -274,6 +461,16 @@ async fn main() {
         total.acked_referrals.extend(o.acked_referrals);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let mut lags = sampler.await.unwrap_or_default();
+    lags.sort_by(f64::total_cmp);
+    let lag_pct = |p: f64| {
+        lags.get(((lags.len().max(1) - 1) as f64 * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let drained_at = Instant::now();
+    wait_caught_up(&client, &args.url).await;
+    let drain_s = drained_at.elapsed().as_secs_f64();
     total.latencies_us.sort_unstable();
     let l = &total.latencies_us;
     let rps = total.ok as f64 / elapsed;
@@ -289,6 +486,13 @@ async fn main() {
         pct(l, 0.99),
         pct(l, 1.0)
     );
+    println!(
+        "projection lag s: p50 {:.3}  p99 {:.3}  max {:.3}; caught up {:.2} s after the run",
+        lag_pct(0.5),
+        lag_pct(0.99),
+        lag_pct(1.0),
+        drain_s
+    );
     let mut check = "skipped".to_owned();
     if let Some(token) = &args.api_token {
         check = exactly_once(&client, &args.url, token, &total.acked_referrals).await;
@@ -300,12 +504,108 @@ async fn main() {
             json!({"label": args.label, "connections": args.connections, "rps": rps, "ok": total.ok,
                 "shed": total.shed, "other": total.other, "errors": total.errors,
                 "p50_ms": pct(l, 0.5), "p90_ms": pct(l, 0.9), "p99_ms": pct(l, 0.99), "max_ms": pct(l, 1.0),
-                "check": check})
+                "lag_p50_s": lag_pct(0.5), "lag_p99_s": lag_pct(0.99), "lag_max_s": lag_pct(1.0),
+                "drain_s": drain_s, "check": check})
         );
     }
     if check.starts_with("FAILED") || total.other > 0 {
         std::process::exit(1);
     }
+}
+
+/// The projection lag in seconds from `/readyz`, every 100 ms until `deadline`.
+async fn sample_lag(client: reqwest::Client, base: String, deadline: Instant) -> Vec<f64> {
+    let url = format!("{}/readyz", base.trim_end_matches('/'));
+    let mut out = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(&url).send().await {
+            if let Ok(v) = r.json::<Value>().await {
+                if let Some(s) = v["projection"]["seconds"].as_f64() {
+                    out.push(s);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    out
+}
+
+/// Waits (up to 10 minutes) until `/readyz` reports the projection caught up.
+async fn wait_caught_up(client: &reqwest::Client, base: &str) {
+    let url = format!("{}/readyz", base.trim_end_matches('/'));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(&url).send().await {
+            match r.json::<Value>().await {
+                Ok(v) if v["projection"]["entries"] == 0 => return,
+                // A server without a projection (ceiling mode, or a peer): nothing to wait for.
+                Ok(v) if v.get("projection").is_none() => return,
+                Err(_) => return,
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Stores `leads` leads in deliveries of 1,000 referral messages, 4 at a time.
+async fn prefill(client: &reqwest::Client, url: &str, secret: &str, leads: usize, nonce: u64) {
+    let started = Instant::now();
+    let batches = leads.div_ceil(1000);
+    let mut rng = Rng(nonce ^ 0xfeed);
+    let mut pending = Vec::new();
+    for p in 0..batches {
+        let messages: Vec<Value> = (0..1000)
+            .map(|k| {
+                let unique = rng.next();
+                json!({"from": format!("49{:011}", unique % 100_000_000_000),
+                "from_user_id": format!("US.{unique:016x}"),
+                "id": format!("wamid.P{nonce:x}.{p}.{k}"),
+                "timestamp": "1763798400", "type": "text", "text": {"body": text(&mut rng, 200)},
+                "referral": {"source_url": "https://fb.me/3cr4Wqqkp", "source_id": format!("1202084519307{:05}", unique % 50),
+                    "source_type": "ad", "headline": "Summer sale", "body": "Tap to chat", "media_type": "image",
+                    "image_url": "https://scontent.xx.fbcdn.net/v/ad.jpg",
+                    "ctwa_clid": format!("ARAkP{unique:016x}{p}{k}"), "ref": "summer-sale"}})
+            })
+            .collect();
+        let delivery = json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398",
+            "changes": [{"field": "messages", "value": {"messaging_product": "whatsapp",
+                "metadata": {"display_phone_number": "15550001234", "phone_number_id": "106540352242922"},
+                "messages": messages}}]}]});
+        let body = meta_json(&delivery);
+        let signature = sign(secret, &body);
+        let client = client.clone();
+        let url = url.to_owned();
+        pending.push(tokio::spawn(async move {
+            for _ in 0..20 {
+                let res = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header(SIGNATURE_HEADER, signature.clone())
+                    .body(body.clone())
+                    .send()
+                    .await;
+                if matches!(&res, Ok(r) if r.status() == 200) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            panic!("a prefill delivery was refused 20 times");
+        }));
+        if pending.len() >= 4 {
+            for t in pending.drain(..) {
+                t.await.expect("prefill");
+            }
+        }
+    }
+    for t in pending {
+        t.await.expect("prefill");
+    }
+    println!(
+        "prefilled {} leads in {:.1} s",
+        batches * 1000,
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// Acknowledgement latency of 1000-message deliveries (about 1 MB each), sent one at a time.
@@ -360,6 +660,7 @@ async fn exactly_once(
     token: &str,
     acked: &[String],
 ) -> String {
+    wait_caught_up(client, base).await;
     let res = match client
         .get(format!(
             "{}/v1/leads/export?format=ndjson",

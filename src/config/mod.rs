@@ -302,6 +302,9 @@ pub struct IngestSettings {
     pub max_projection_lag: u64,
     /// Log entries the projector turns into leads per transaction, at most.
     pub projection_batch: usize,
+    /// Milliseconds a few new entries may wait for more before the projector takes them:
+    /// larger transactions write fewer bytes per lead. Adds at most this to the lag.
+    pub projection_pace_ms: u64,
 }
 
 impl Default for IngestSettings {
@@ -313,7 +316,8 @@ impl Default for IngestSettings {
             max_in_flight_bytes: 64 * 1024 * 1024,
             ceiling_mode: false,
             max_projection_lag: 200_000,
-            projection_batch: 2000,
+            projection_batch: 4096,
+            projection_pace_ms: 100,
         }
     }
 }

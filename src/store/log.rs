@@ -88,8 +88,17 @@ impl LogRecord {
         lead_count: usize,
         raw: &[u8],
     ) -> Self {
-        let (codec, body) = match zstd::bulk::compress(raw, ZSTD_LEVEL) {
-            Ok(packed) if packed.len() < raw.len() => (1, packed),
+        // A compression context is costly to make (its tables): one per thread, reused.
+        thread_local! {
+            static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+                std::cell::RefCell::new(zstd::bulk::Compressor::new(ZSTD_LEVEL).ok());
+        }
+        let packed = COMPRESSOR.with(|c| match c.borrow_mut().as_mut() {
+            Some(c) => c.compress(raw).ok(),
+            None => zstd::bulk::compress(raw, ZSTD_LEVEL).ok(),
+        });
+        let (codec, body) = match packed {
+            Some(packed) if packed.len() < raw.len() => (1, packed),
             _ => (0, raw.to_vec()),
         };
         Self {
@@ -103,13 +112,42 @@ impl LogRecord {
     }
 }
 
-/// A stored body, as it was received. Bodies are at most `max_body_bytes` (3 MB by default);
-/// the bound here only guards against a corrupt frame header.
+/// Largest body a log entry may unpack to. Bodies are at most `max_body_bytes` (3 MB by
+/// default); the bound only guards against a corrupt frame header.
+const MAX_UNPACKED: usize = 64 * 1024 * 1024;
+
+/// A stored body, as it was received.
 pub fn unpack(codec: i64, body: Vec<u8>) -> std::io::Result<Vec<u8>> {
-    match codec {
-        0 => Ok(body),
-        1 => zstd::bulk::decompress(&body, 64 * 1024 * 1024),
-        other => Err(std::io::Error::other(format!("unknown codec {other}"))),
+    Unpacker::new().unpack(codec, body)
+}
+
+/// Unpacks many bodies with one decompression context (the projector's).
+pub struct Unpacker(Option<zstd::bulk::Decompressor<'static>>);
+
+impl Unpacker {
+    pub fn new() -> Self {
+        Self(zstd::bulk::Decompressor::new().ok())
+    }
+
+    pub fn unpack(&mut self, codec: i64, body: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        match (codec, self.0.as_mut()) {
+            (0, _) => Ok(body),
+            (1, Some(d)) => {
+                let size = zstd::zstd_safe::get_frame_content_size(&body)
+                    .ok()
+                    .flatten()
+                    .map_or(MAX_UNPACKED, |n| (n as usize).min(MAX_UNPACKED));
+                d.decompress(&body, size)
+            }
+            (1, None) => zstd::bulk::decompress(&body, MAX_UNPACKED),
+            (other, _) => Err(std::io::Error::other(format!("unknown codec {other}"))),
+        }
+    }
+}
+
+impl Default for Unpacker {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -295,7 +295,8 @@ pub async fn open(
         ingest.projection_batch,
         progress.clone(),
         projector_stop.clone(),
-    )?;
+    )?
+    .with_pace(Duration::from_millis(ingest.projection_pace_ms));
     let projector = std::thread::Builder::new()
         .name("projector".into())
         .spawn(move || projector.run())?;

@@ -57,6 +57,9 @@ pub fn settings(db: &std::path::Path, graph_url: &str) -> Settings {
         access_token = "{GRAPH_TOKEN}"
         waba_id = "{WABA_ID}"
         timeout_secs = 2
+        [ingest]
+        # Tests read right after writing: no pacing of the projection.
+        projection_pace_ms = 0
         "#,
         db = db.display()
     );

@@ -690,3 +690,44 @@ async fn health_probes_are_logged_at_debug_not_info() {
         }
     }
 }
+
+#[tokio::test]
+async fn past_the_projection_lag_bound_deliveries_get_a_fast_503() {
+    let app = spawn_with(|s| s.ingest.max_projection_lag = 2).await;
+    let pool = app.outside_pool().await;
+    sqlx::query("ALTER TABLE leads RENAME TO leads_away")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        let res = app
+            .deliver_no_wait(&one_lead(&format!("wamid.lag{i}")))
+            .await;
+        statuses.push(res.status().as_u16());
+        if res.status() == 503 {
+            let body: Value = res.json().await.unwrap();
+            assert_eq!(body["error"]["type"], "overloaded");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 503, 503],
+        "bounded at 2 entries behind"
+    );
+    sqlx::query("ALTER TABLE leads_away RENAME TO leads")
+        .execute(&pool)
+        .await
+        .unwrap();
+    app.settle().await;
+    assert_eq!(
+        app.deliver(&one_lead("wamid.lag-after")).await.status(),
+        200
+    );
+    assert_eq!(
+        app.lead_count().await,
+        4,
+        "the three acknowledged and the one after"
+    );
+}
