@@ -1,22 +1,37 @@
 #!/usr/bin/env bash
-# Ingest benchmark: builds release, then for the ceiling (verify + parse, no storage) and the
-# durable configuration (synchronous=FULL) at 16 and 64 connections, starts the server on a
-# fresh temporary database, drives it with examples/loadgen (which checks exactly-once
-# storage), and prints one table with durable ÷ ceiling. Also reports resident memory idle and
-# under load, and the acknowledgement time of 1000-message deliveries.
+# Ingest benchmark on production-shaped traffic (examples/loadgen: a new wa_id, user_id and
+# ctwa_clid per delivery, 50 ads, ~80% referral / ~10% plain / ~10% status-only, 1.5-2.5 KB).
+# Every configuration starts on fresh files, is warmed up, then measured; in the same run:
+#   ceiling  ctwa-leads verifying and parsing only (ingest.ceiling_mode)
+#   durable  ctwa-leads as shipped (log-first, synchronous=full), with the exactly-once check
+#   peer     the Node peer (bench/peer: whatsapp-api-js + better-sqlite3, 2-process cluster)
+# at 16 and 64 connections; then a status-heavy burst (--mix statuses) against the ceiling, the
+# durable run on a database grown to PREFILL leads, and 1000-message deliveries. It prints one
+# table with per-delivery bytes written (/proc/PID/io write_bytes ÷ acknowledged deliveries),
+# the projection lag, peak RSS, and the ratios to the peer and to the ceiling.
 #
-#   bench/run.sh [seconds per run, default 10]
+#   bench/run.sh [seconds per run, default 30] [warm-up seconds, default 10]
+#   PREFILL=2000000 (0 skips the grown-database run), BURST=60 (seconds of the statuses burst)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DURATION=${1:-10}
+DURATION=${1:-30}
+WARMUP=${2:-10}
+PREFILL=${PREFILL:-2000000}
+BURST=${BURST:-60}
 PORT=${BENCH_PORT:-18080}
 URL="http://127.0.0.1:$PORT"
 SECRET=bench-app-secret
 TOKEN=bench-api-token
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+ulimit -n 65536 2>/dev/null || true
 
 cargo build --release --locked --quiet --bin ctwa-leads --example loadgen
+if [ ! -d bench/peer/node_modules/better-sqlite3/build ]; then
+  # better-sqlite3 builds from source against the local Node headers (no download).
+  (cd bench/peer && npm_config_nodedir="$(dirname "$(dirname "$(readlink -f "$(command -v node)")")")" \
+    npm install --no-audit --no-fund --silent)
+fi
 
 cat > "$WORK/config.toml" <<TOML
 [server]
@@ -33,51 +48,74 @@ access_token = "bench-graph-token"
 waba_id = "1"
 TOML
 
-start() { # ceiling_mode
-  rm -f "$WORK"/bench.db*
-  CTWA_INGEST__CEILING_MODE=$1 RUST_LOG=warn ./target/release/ctwa-leads serve --config "$WORK/config.toml" >"$WORK/server.log" 2>&1 &
+PIDS=()
+start() { # ceiling|durable|peer
+  rm -rf "$WORK"/bench*.db* "$WORK"/peer.db*
+  case $1 in
+    peer) node bench/peer/server.js "$PORT" "$SECRET" "$WORK/peer.db" 2 >"$WORK/server.log" 2>&1 & ;;
+    ceiling) CTWA_INGEST__CEILING_MODE=true RUST_LOG=warn ./target/release/ctwa-leads serve --config "$WORK/config.toml" >"$WORK/server.log" 2>&1 & ;;
+    *) RUST_LOG=warn ./target/release/ctwa-leads serve --config "$WORK/config.toml" >"$WORK/server.log" 2>&1 & ;;
+  esac
   SERVER=$!
-  for _ in $(seq 50); do ./target/release/ctwa-leads healthcheck --url "$URL/healthz" 2>/dev/null && return; sleep 0.1; done
-  echo "server did not start:"; cat "$WORK/server.log"; exit 1
+  for _ in $(seq 100); do curl -fs "$URL/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+  sleep 0.5
+  PIDS=("$SERVER" $(pgrep -P "$SERVER" || true))
 }
-stop() { kill -TERM "$SERVER"; wait "$SERVER" || true; }
-rss_mb() { echo "$(( $(ps -o rss= -p "$SERVER") / 1024 ))"; }
+stop() { kill -TERM "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true; }
+written() { local t=0; for p in "${PIDS[@]}"; do t=$(( t + $(awk '/^write_bytes/{print $2}' /proc/$p/io 2>/dev/null || echo 0) )); done; echo $t; }
+rss_mb() { local t=0; for p in "${PIDS[@]}"; do t=$(( t + $(awk '/^VmRSS/{print $2}' /proc/$p/status 2>/dev/null || echo 0) )); done; echo $(( t / 1024 )); }
+hwm_mb() { local t=0; for p in "${PIDS[@]}"; do t=$(( t + $(awk '/^VmHWM/{print $2}' /proc/$p/status 2>/dev/null || echo 0) )); done; echo $(( t / 1024 )); }
+field() { python3 -c "import json,sys; v=json.loads(sys.argv[1])[sys.argv[2]]; print(round(v, 3) if isinstance(v, float) else v)" "$1" "$2"; }
 
-declare -A RPS P50 P99 MAX CHECK RSS
-for mode in ceiling durable; do
-  for conns in 16 64; do
-    if [ "$mode" = ceiling ]; then start true; check=(); else start false; check=(--api-token "$TOKEN"); fi
-    [ "$mode$conns" = durable16 ] && IDLE_RSS=$(rss_mb)
-    ./target/release/examples/loadgen --url "$URL" --connections "$conns" --duration "$DURATION" \
-      --secret "$SECRET" "${check[@]}" --json --label "$mode$conns" >"$WORK/out.txt" &
-    LOADGEN=$!
-    sleep $(( DURATION / 2 )); peak=$(rss_mb)
-    wait "$LOADGEN" || { cat "$WORK/out.txt"; echo "loadgen failed"; exit 1; }
-    line=$(tail -1 "$WORK/out.txt")
-    key="$mode$conns"
-    RPS[$key]=$(python3 -c "import json,sys; print(round(json.loads(sys.argv[1])['rps']))" "$line")
-    for f in p50 p99 max; do
-      v=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['${f}_ms'])" "$line")
-      case $f in p50) P50[$key]=$v;; p99) P99[$key]=$v;; max) MAX[$key]=$v;; esac
-    done
-    CHECK[$key]=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['check'].split(' (')[0])" "$line")
-    RSS[$key]=$peak
-    stop
-  done
+declare -A ROW RPS
+run() { # key mode conns mix seconds [extra loadgen args]
+  local key=$1 mode=$2 conns=$3 mix=$4 secs=$5; shift 5
+  start "$mode"
+  local idle; idle=$(rss_mb)
+  [ "$mode" = durable ] && [ -z "${IDLE_RSS:-}" ] && IDLE_RSS=$idle
+  ./target/release/examples/loadgen --url "$URL" --connections "$conns" --duration "$WARMUP" \
+    --secret "$SECRET" --mix "$mix" "$@" >/dev/null
+  local before; before=$(written)
+  local check=()
+  [ "$mode" = durable ] && check=(--api-token "$TOKEN")
+  ./target/release/examples/loadgen --url "$URL" --connections "$conns" --duration "$secs" \
+    --secret "$SECRET" --mix "$mix" "${check[@]}" --json --label "$key" >"$WORK/out.txt" \
+    || { cat "$WORK/out.txt"; echo "loadgen failed"; exit 1; }
+  local after; after=$(written)
+  local line; line=$(tail -1 "$WORK/out.txt")
+  local ok; ok=$(field "$line" ok)
+  local kb; kb=$(python3 -c "print(round(($after - $before) / max($ok, 1) / 1024, 1))")
+  RPS[$key]=$(python3 -c "print(round($(field "$line" rps)))")
+  local chk; chk=$(field "$line" check | cut -d' ' -f1)
+  ROW[$key]="| $key | $conns | $mix | ${RPS[$key]} | $(field "$line" p50_ms) | $(field "$line" p99_ms) | $(field "$line" lag_p99_s) | $(field "$line" drain_s) | $kb | $(hwm_mb) | $chk |"
+  stop
+}
+
+for conns in 16 64; do
+  run "ceiling$conns" ceiling "$conns" real "$DURATION"
+  run "durable$conns" durable "$conns" real "$DURATION"
+  run "peer$conns" peer "$conns" real "$DURATION"
 done
-
-start false
+run statuses-ceiling ceiling 64 statuses "$BURST"
+run statuses-durable durable 64 statuses "$BURST"
+if [ "$PREFILL" -gt 0 ]; then
+  run "grown-durable64" durable 64 real "$DURATION" --prefill "$PREFILL"
+fi
+start durable
 BATCH=$(./target/release/examples/loadgen --url "$URL" --secret "$SECRET" --batch-probes 20)
 stop
 
 echo
-echo "| configuration | connections | deliveries/s | p50 ms | p99 ms | max ms | RSS MB | exactly-once |"
-echo "|---|---|---|---|---|---|---|---|"
-for key in ceiling16 ceiling64 durable16 durable64; do
-  echo "| ${key%%[0-9]*} | ${key##*[a-z]} | ${RPS[$key]} | ${P50[$key]} | ${P99[$key]} | ${MAX[$key]} | ${RSS[$key]} | ${CHECK[$key]} |"
+echo "| run | connections | mix | deliveries/s | p50 ms | p99 ms | lag p99 s | caught up after s | KB written/delivery | peak RSS MB | exactly-once |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
+for key in ceiling16 durable16 peer16 ceiling64 durable64 peer64 statuses-ceiling statuses-durable grown-durable64; do
+  [ -n "${ROW[$key]:-}" ] && echo "${ROW[$key]}"
 done
+echo
 for c in 16 64; do
-  python3 -c "print(f'durable ÷ ceiling at $c connections: {${RPS[durable$c]} / ${RPS[ceiling$c]}:.2f}')"
+  python3 -c "print(f'$c connections: durable ÷ peer {${RPS[durable$c]} / ${RPS[peer$c]}:.2f}, durable ÷ ceiling {${RPS[durable$c]} / ${RPS[ceiling$c]}:.2f}')"
 done
-echo "idle RSS: ${IDLE_RSS} MB"
+python3 -c "print(f'statuses burst: durable ÷ ceiling {${RPS[statuses-durable]} / ${RPS[statuses-ceiling]}:.2f}')"
+[ -n "${RPS[grown-durable64]:-}" ] && python3 -c "print(f'grown to $PREFILL leads: {${RPS[grown-durable64]} / ${RPS[durable64]}:.2f} of the empty-database figure')"
+echo "idle RSS (durable): ${IDLE_RSS} MB"
 echo "$BATCH"
