@@ -74,10 +74,16 @@ impl Params {
 
     /// 400 naming the first parameter not in `allowed`.
     pub fn only(&self, allowed: &[&str]) -> Result<&Self, ApiError> {
-        if let Some((name, _)) = self.0.iter().find(|(n, _)| !allowed.contains(&n.as_str())) {
+        self.only_in(&[allowed])
+    }
+
+    /// 400 naming the first parameter in none of the `allowed` lists.
+    pub fn only_in(&self, allowed: &[&[&str]]) -> Result<&Self, ApiError> {
+        let known = |name: &str| allowed.iter().any(|list| list.contains(&name));
+        if let Some((name, _)) = self.0.iter().find(|(n, _)| !known(n)) {
             return Err(ApiError::bad_request(format!(
                 "{name}: unknown query parameter (expected one of {})",
-                allowed.join(", ")
+                allowed.concat().join(", ")
             )));
         }
         Ok(self)

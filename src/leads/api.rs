@@ -288,33 +288,9 @@ const FILTERS: &[&str] = &[
     "since",
     "until",
 ];
-const LIST_PARAMS: &[&str] = &[
-    "source_id",
-    "ctwa_clid",
-    "ref",
-    "source_type",
-    "wa_id",
-    "user_id",
-    "phone_number_id",
-    "waba_id",
-    "since",
-    "until",
-    "limit",
-    "after",
-];
-const EXPORT_PARAMS: &[&str] = &[
-    "source_id",
-    "ctwa_clid",
-    "ref",
-    "source_type",
-    "wa_id",
-    "user_id",
-    "phone_number_id",
-    "waba_id",
-    "since",
-    "until",
-    "format",
-];
+/// What list and export take besides the filters.
+const PAGING: &[&str] = &["limit", "after"];
+const FORMAT: &[&str] = &["format"];
 
 /// Lists leads, newest first, with filters and cursor paging.
 #[utoipa::path(
@@ -335,7 +311,7 @@ async fn list_leads(
     headers: HeaderMap,
     params: Params,
 ) -> Result<Json<LeadPage>, ApiError> {
-    params.only(LIST_PARAMS)?;
+    params.only_in(&[FILTERS, PAGING])?;
     let filter = params.to::<FilterParams>()?.into_filter()?;
     let paging: PageParams = params.to()?;
     let limit = parse_limit(paging.limit.as_deref())?;
@@ -528,7 +504,7 @@ fn encode_page(format: Format, rows: Vec<LeadRow>) -> Result<Bytes, std::io::Err
     )
 )]
 async fn export_leads(State(state): State<AppState>, params: Params) -> Result<Response, ApiError> {
-    params.only(EXPORT_PARAMS)?;
+    params.only_in(&[FILTERS, FORMAT])?;
     let (format, content_type, ext) = match params.to::<ExportParams>()?.format.as_deref() {
         None | Some("csv") => (Format::Csv, "text/csv; charset=utf-8", "csv"),
         Some("ndjson") => (Format::Ndjson, "application/x-ndjson", "ndjson"),

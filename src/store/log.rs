@@ -151,6 +151,34 @@ impl Default for Unpacker {
     }
 }
 
+/// Appends `record` as entry `id` in the caller's transaction; an id already taken is an error
+/// (the writer owns the ids: a row written behind its back must fail the batch, not vanish).
+pub fn insert(conn: &Connection, id: i64, record: &LogRecord) -> rusqlite::Result<()> {
+    insert_with(conn, "INSERT", id, record)
+}
+
+/// As [`insert`], but an entry already there is kept (for idempotent copies).
+pub fn insert_or_ignore(conn: &Connection, id: i64, record: &LogRecord) -> rusqlite::Result<()> {
+    insert_with(conn, "INSERT OR IGNORE", id, record)
+}
+
+fn insert_with(conn: &Connection, verb: &str, id: i64, record: &LogRecord) -> rusqlite::Result<()> {
+    conn.prepare_cached(&format!(
+        "{verb} INTO log (id, received_at, status, kind, lead_count, codec, body) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    ))?
+    .execute(rusqlite::params![
+        id,
+        record.received_at_ms,
+        status_code(record.status),
+        record.kind.code(),
+        record.lead_count as i64,
+        record.codec,
+        &record.body[..],
+    ])?;
+    Ok(())
+}
+
 /// Creates the log file's table if needed (the folder must exist).
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;

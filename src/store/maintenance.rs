@@ -206,36 +206,22 @@ pub fn move_legacy_events(leads_path: &Path, log_path: &Path) -> Result<u64, Sto
         let Some(last) = rows.last().map(|r| r.0) else {
             break;
         };
-        {
-            let mut insert = log.prepare_cached(
-                "INSERT OR IGNORE INTO log (id, received_at, status, kind, lead_count, codec, body) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            log.execute_batch("BEGIN IMMEDIATE")?;
-            for (id, received_at, status, lead_count, body) in &rows {
-                let status = match status.as_str() {
-                    "parsed" => ParseStatus::Parsed,
-                    "partial" => ParseStatus::Partial,
-                    _ => ParseStatus::Invalid,
-                };
-                let kind = if *lead_count > 0 {
-                    Kind::Leads
-                } else {
-                    Kind::Other
-                };
-                let record = LogRecord::new(*received_at, status, kind, *lead_count as usize, body);
-                insert.execute(params![
-                    id,
-                    record.received_at_ms,
-                    status_code(record.status),
-                    record.kind.code(),
-                    record.lead_count as i64,
-                    record.codec,
-                    &record.body[..],
-                ])?;
-            }
-            log.execute_batch("COMMIT")?;
+        log.execute_batch("BEGIN IMMEDIATE")?;
+        for (id, received_at, status, lead_count, body) in &rows {
+            let status = match status.as_str() {
+                "parsed" => ParseStatus::Parsed,
+                "partial" => ParseStatus::Partial,
+                _ => ParseStatus::Invalid,
+            };
+            let kind = if *lead_count > 0 {
+                Kind::Leads
+            } else {
+                Kind::Other
+            };
+            let record = LogRecord::new(*received_at, status, kind, *lead_count as usize, body);
+            super::log::insert_or_ignore(&log, *id, &record)?;
         }
+        log.execute_batch("COMMIT")?;
         let tx = leads.transaction()?;
         set_watermark(&tx, last)?;
         tx.execute("DELETE FROM events WHERE id <= ?1", params![last])?;

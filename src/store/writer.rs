@@ -17,12 +17,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::log::{status_code, LogRecord, Progress};
+use super::log::{LogRecord, Progress};
 use crate::config::Durability;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -390,23 +390,8 @@ fn next_event_id(conn: &Connection) -> rusqlite::Result<i64> {
 fn write_batch(conn: &mut Connection, batch: &[Job], first_id: i64) -> rusqlite::Result<()> {
     // Dropped without `commit`, the transaction rolls back.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO log (id, received_at, status, kind, lead_count, codec, body) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
-        for (id, job) in (first_id..).zip(batch) {
-            let r = &job.record;
-            insert.execute(params![
-                id,
-                r.received_at_ms,
-                status_code(r.status),
-                r.kind.code(),
-                r.lead_count as i64,
-                r.codec,
-                &r.body[..],
-            ])?;
-        }
+    for (id, job) in (first_id..).zip(batch) {
+        super::log::insert(&tx, id, &job.record)?;
     }
     tx.commit()?;
     crate::monitor::deliveries(crate::monitor::Outcome::Stored, batch.len() as u64);
