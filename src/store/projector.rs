@@ -27,6 +27,8 @@ const LAG_LOG_EVERY: Duration = Duration::from_secs(10);
 /// for company, so that a random-keyed index page dirtied once per transaction is shared by
 /// more leads (fewer bytes written, less CPU per lead).
 const FULL_ROUND: u64 = 1024;
+/// Leads one projection transaction takes on, at most (it may exceed this by one entry).
+const MAX_LEADS_PER_ROUND: u64 = 8192;
 
 /// Inserts `(event_id, received_at_ms, lead)` rows, skipping wamids already stored. Runs inside
 /// the caller's transaction; returns how many leads were new.
@@ -126,6 +128,7 @@ impl Projector {
         stop: Arc<AtomicBool>,
     ) -> rusqlite::Result<Self> {
         let leads = open_connection(leads_path, Durability::Normal)?;
+        leads.pragma_update(None, "cache_size", -8192)?;
         let watermark = watermark(&leads)?;
         progress.projected.store(watermark, Ordering::Release);
         Ok(Self {
@@ -215,6 +218,7 @@ impl Projector {
         }
         if self.leads.is_none() {
             let leads = open_connection(&self.leads_path, Durability::Normal)?;
+            leads.pragma_update(None, "cache_size", -8192)?;
             self.watermark = self.watermark.max(watermark(&leads)?);
             self.leads = Some(leads);
         }
@@ -244,20 +248,31 @@ impl Projector {
         unpacker: &mut Unpacker,
     ) -> rusqlite::Result<usize> {
         let (log, leads) = self.connections()?;
-        let entries: Vec<Entry> = log
-            .prepare_cached(
-                "SELECT id, received_at, codec, CASE WHEN lead_count > 0 THEN body END \
+        // Entries in id order, until the batch or the lead budget is full: a 1,000-message
+        // delivery is one entry but a thousand leads, and memory must stay bounded.
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut leads_in_round = 0_u64;
+        let mut exhausted = true;
+        {
+            let mut stmt = log.prepare_cached(
+                "SELECT id, received_at, codec, lead_count, CASE WHEN lead_count > 0 THEN body END \
                  FROM log WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
-            )?
-            .query_map(params![from, durable, batch as i64], |row| {
-                Ok(Entry {
+            )?;
+            let mut rows = stmt.query(params![from, durable, batch as i64])?;
+            while let Some(row) = rows.next()? {
+                if !entries.is_empty() && leads_in_round >= MAX_LEADS_PER_ROUND {
+                    exhausted = false;
+                    break;
+                }
+                leads_in_round += row.get::<_, i64>(3)?.max(0) as u64;
+                entries.push(Entry {
                     id: row.get(0)?,
                     received_at: row.get(1)?,
                     codec: row.get(2)?,
-                    body: row.get(3)?,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+                    body: row.get(4)?,
+                });
+            }
+        }
         let Some(last) = entries.last().map(|e| e.id) else {
             // Ids between the watermark and `durable` that hold nothing (a failed batch).
             self.watermark = durable;
@@ -294,7 +309,11 @@ impl Projector {
             }
         }
         // Everything up to `last` is done; a gap up to `durable` past the batch is not skipped.
-        let mark = if count < batch { durable } else { last };
+        let mark = if exhausted && count < batch {
+            durable
+        } else {
+            last
+        };
         set_watermark(&tx, mark)?;
         tx.commit()?;
         self.watermark = mark;

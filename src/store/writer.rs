@@ -199,8 +199,9 @@ pub(super) fn open_connection(
         Durability::Normal => "NORMAL",
     };
     conn.pragma_update(None, "synchronous", synchronous)?;
-    // The writer's own page cache (KiB): index pages stay hot between batches.
-    conn.pragma_update(None, "cache_size", -16384)?;
+    // A small page cache (KiB): the log has no index, and a writer appends. The projector
+    // raises its own for the leads' indexes.
+    conn.pragma_update(None, "cache_size", -2048)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     // A backstop only: the checkpointer task keeps the WAL short, off the writer's thread.
     conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
