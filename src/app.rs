@@ -1,6 +1,6 @@
 //! Wiring: [`Application::build`] opens the store, binds the listener and assembles the router;
 //! [`Application::run_until`] serves until a shutdown signal, lets in-flight requests finish,
-//! then waits for the writer to commit what it holds. Tests bind `127.0.0.1:0` and use `port()`.
+//! then waits for the log writer to commit what it holds and the projector to drain it. Tests bind `127.0.0.1:0` and use `port()`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -179,7 +179,7 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then drains: in-flight requests finish (up to
-    /// [`crate::http::SHUTDOWN_GRACE`]), and the writer commits what was queued.
+    /// [`crate::http::SHUTDOWN_GRACE`]), the log writer commits what was queued, and the projector drains it.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,

@@ -1,6 +1,7 @@
 //! ctwa-leads: captures leads from WhatsApp Click-to-WhatsApp ads. A delivery flows
-//! `webhook` (verify → parse) → `leads::extract` (pure) → `store` (all SQL); `leads::api` serves
-//! what was stored, and `graph` proxies the ads' WhatsApp assets. `main.rs` only parses the CLI.
+//! `webhook` (verify → parse) → `store::log` (durable, then 200) → `store::projector` (leads,
+//! with `leads::extract`, a pure function); `leads::api` serves what was stored, `graph` proxies
+//! the ads' WhatsApp assets, and `monitor` exports metrics. `main.rs` only parses the CLI.
 
 #![forbid(unsafe_code)]
 

@@ -1,7 +1,8 @@
 //! The Meta-facing endpoint. `GET /webhook` answers the subscription challenge; `POST /webhook`
-//! verifies the signature over the raw bytes, only then parses, and acknowledges once the
-//! delivery and its leads are committed. Flow: [`verify`] → [`payload`] →
-//! `leads::extract` → `store`.
+//! receives the body under [`admission`] control, verifies the signature over the raw bytes,
+//! only then parses (to classify the delivery and count its leads), and acknowledges once the
+//! delivery is durable in the store's log; the projector builds its leads behind it. Flow:
+//! [`admission`] → [`verify`] → [`payload`] / `leads::extract` → `store` (log).
 
 pub mod admission;
 pub mod payload;
@@ -86,7 +87,7 @@ pub struct Ack {
     pub parse: &'static str,
 }
 
-/// Receives a signed delivery, stores it with its leads, then acknowledges.
+/// Receives a signed delivery, makes it durable in the log, then acknowledges.
 #[utoipa::path(
     post,
     path = "/webhook",
