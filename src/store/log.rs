@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use crate::leads::extract::ParseStatus;
+use crate::leads::extract::{NewLead, ParseStatus};
 
 /// The log's schema, applied by `PRAGMA user_version`.
 const SCHEMA: &[&str] = &["CREATE TABLE IF NOT EXISTS log (
@@ -75,6 +75,9 @@ pub struct LogRecord {
     pub lead_count: usize,
     pub codec: i64,
     pub body: Vec<u8>,
+    /// The leads the acknowledgement path already extracted: handed to the projector in memory
+    /// (see [`Progress::offer`]), never stored as such.
+    pub leads: Vec<NewLead>,
 }
 
 /// zstd level 1: about 4× on Meta's JSON at a few microseconds per delivery.
@@ -108,8 +111,33 @@ impl LogRecord {
             lead_count,
             codec,
             body,
+            leads: Vec::new(),
         }
     }
+
+    /// Carries `leads` (extracted from this body) to the projector.
+    pub fn with_leads(mut self, leads: Vec<NewLead>) -> Self {
+        self.leads = leads;
+        self
+    }
+}
+
+/// A committed entry's leads, handed from the writer to the projector in memory.
+#[derive(Debug)]
+pub struct Handed {
+    pub id: i64,
+    pub received_at: i64,
+    pub leads: Vec<NewLead>,
+}
+
+/// Leads the in-memory hand-off holds at most; past it, entries are left to the projector to
+/// read back from the log (a gap in the hand-off sends it there).
+const HANDOFF_MAX_LEADS: usize = 8192;
+
+#[derive(Debug, Default)]
+struct Handoff {
+    entries: std::collections::VecDeque<Handed>,
+    leads: usize,
 }
 
 /// Largest body a log entry may unpack to. Bodies are at most `max_body_bytes` (3 MB by
@@ -212,11 +240,54 @@ pub struct Progress {
     pub oldest_unprojected_ms: AtomicI64,
     /// The projector's last transaction failed.
     pub projector_failing: AtomicBool,
+    handoff: Mutex<Handoff>,
     wake: Mutex<bool>,
     bell: Condvar,
 }
 
 impl Progress {
+    /// Offers a committed entry's leads to the projector, in id order. When the hand-off is
+    /// full the entry is dropped from it (the projector reads it from the log instead).
+    pub fn offer(&self, entry: Handed) {
+        let Ok(mut h) = self.handoff.lock() else {
+            return;
+        };
+        if h.leads + entry.leads.len() > HANDOFF_MAX_LEADS {
+            return;
+        }
+        h.leads += entry.leads.len();
+        h.entries.push_back(entry);
+    }
+
+    /// Takes the handed entries that continue exactly at `from`, up to id `upto`, until
+    /// `max_leads` are taken; entries before `from` (already projected from the log) are
+    /// dropped. Empty when the next entry is not in hand.
+    pub fn take(&self, from: i64, upto: i64, max_leads: usize) -> Vec<Handed> {
+        let Ok(mut h) = self.handoff.lock() else {
+            return Vec::new();
+        };
+        while h.entries.front().is_some_and(|e| e.id < from) {
+            if let Some(e) = h.entries.pop_front() {
+                h.leads -= e.leads.len();
+            }
+        }
+        let mut out = Vec::new();
+        let mut next = from;
+        let mut leads = 0;
+        while let Some(front) = h.entries.front() {
+            if front.id != next || front.id > upto || (leads >= max_leads && !out.is_empty()) {
+                break;
+            }
+            if let Some(e) = h.entries.pop_front() {
+                h.leads -= e.leads.len();
+                leads += e.leads.len();
+                next += 1;
+                out.push(e);
+            }
+        }
+        out
+    }
+
     /// Publishes a durable id and wakes the projector.
     pub fn mark_durable(&self, id: i64) {
         self.durable.fetch_max(id, Ordering::AcqRel);
@@ -273,6 +344,38 @@ mod tests {
         // Incompressible input is stored as it is.
         let tiny = LogRecord::new(1, ParseStatus::Invalid, Kind::Other, 0, b"x");
         assert_eq!((tiny.codec, tiny.body.as_slice()), (0, &b"x"[..]));
+    }
+
+    #[test]
+    fn the_handoff_gives_only_what_continues_the_watermark() {
+        let p = Progress::default();
+        let lead = NewLead {
+            wamid: "w".into(),
+            ..NewLead::default()
+        };
+        for id in [1, 2, 4] {
+            p.offer(Handed {
+                id,
+                received_at: 0,
+                leads: vec![lead.clone()],
+            });
+        }
+        assert!(p.take(0, 10, 100).is_empty(), "entry 0 is not in hand");
+        let got: Vec<i64> = p.take(1, 10, 100).iter().map(|h| h.id).collect();
+        assert_eq!(got, [1, 2], "stops at the gap before 4");
+        assert!(p.take(3, 10, 100).is_empty());
+        assert_eq!(p.take(4, 3, 100).len(), 0, "not beyond the durable id");
+        assert_eq!(p.take(4, 10, 100).len(), 1);
+        // Past its bound the hand-off refuses, and the projector reads the log.
+        for id in 10..(10 + HANDOFF_MAX_LEADS as i64 + 5) {
+            p.offer(Handed {
+                id,
+                received_at: 0,
+                leads: vec![lead.clone()],
+            });
+        }
+        let taken = p.take(10, i64::MAX, usize::MAX);
+        assert_eq!(taken.len(), HANDOFF_MAX_LEADS);
     }
 
     #[test]

@@ -247,6 +247,10 @@ impl Projector {
         progress: &Progress,
         unpacker: &mut Unpacker,
     ) -> rusqlite::Result<usize> {
+        let handed = progress.take(from + 1, durable, MAX_LEADS_PER_ROUND as usize);
+        if !handed.is_empty() {
+            return self.project_handed(handed, progress);
+        }
         let (log, leads) = self.connections()?;
         // Entries in id order, until the batch or the lead budget is full: a 1,000-message
         // delivery is one entry but a thousand leads, and memory must stay bounded.
@@ -322,6 +326,47 @@ impl Projector {
         crate::monitor::deliveries(crate::monitor::Outcome::Duplicate, duplicates);
         crate::monitor::projection_batch(count, started.elapsed());
         Ok(count)
+    }
+
+    /// Projects entries the writer handed over in memory: the same transaction as from the
+    /// log, without reading and parsing the bodies back.
+    fn project_handed(
+        &mut self,
+        handed: Vec<super::log::Handed>,
+        progress: &Progress,
+    ) -> rusqlite::Result<usize> {
+        let Some(last) = handed.last().map(|h| h.id) else {
+            return Ok(0);
+        };
+        if let Some(first) = handed.first() {
+            progress
+                .oldest_unprojected_ms
+                .store(first.received_at, Ordering::Release);
+        }
+        let started = Instant::now();
+        let (_, leads) = self.connections()?;
+        let tx = leads.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut created = 0;
+        let mut duplicates = 0;
+        for entry in &handed {
+            let rows = entry
+                .leads
+                .iter()
+                .map(|lead| (entry.id, entry.received_at, lead));
+            let new = insert_leads(&tx, rows)?;
+            created += new;
+            if new == 0 && !entry.leads.is_empty() {
+                duplicates += 1;
+            }
+        }
+        set_watermark(&tx, last)?;
+        tx.commit()?;
+        self.watermark = last;
+        self.progress.projected.store(last, Ordering::Release);
+        crate::monitor::leads_created(created);
+        crate::monitor::deliveries(crate::monitor::Outcome::Duplicate, duplicates);
+        crate::monitor::projection_batch(handed.len(), started.elapsed());
+        Ok(handed.len())
     }
 
     fn record_watermark(&mut self, id: i64) -> rusqlite::Result<()> {

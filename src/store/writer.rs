@@ -321,6 +321,18 @@ impl Writer {
                 }
             }
             let last_id = self.next_event_id - 1;
+            if result.is_ok() {
+                // Committed: the projector may take these leads from memory once they are
+                // durable, instead of reading and parsing the bodies back from the log.
+                let first_id = last_id - batch.len() as i64 + 1;
+                for (id, job) in (first_id..).zip(batch.iter_mut()) {
+                    self.progress.offer(super::log::Handed {
+                        id,
+                        received_at: job.record.received_at_ms,
+                        leads: std::mem::take(&mut job.record.leads),
+                    });
+                }
+            }
             let waiters = batch.drain(..).map(|job| job.done);
             match (&sync, result) {
                 (Some(sync), Ok(())) => {

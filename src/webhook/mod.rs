@@ -212,9 +212,9 @@ async fn receive(
     // pool like its parse did.
     let record = if raw.len() > LARGE_BODY {
         let status = extracted.status;
-        let count = extracted.leads.len();
+        let leads = extracted.leads;
         tokio::task::spawn_blocking(move || {
-            LogRecord::new(received_at_ms, status, kind, count, &raw)
+            LogRecord::new(received_at_ms, status, kind, leads.len(), &raw).with_leads(leads)
         })
         .await
         .map_err(ApiError::internal)?
@@ -226,6 +226,7 @@ async fn receive(
             extracted.leads.len(),
             &raw,
         )
+        .with_leads(extracted.leads)
     };
     state
         .store()
