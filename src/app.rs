@@ -136,7 +136,7 @@ impl Application {
             .map_err(|source| StartupError::Bind { addr, source })?;
         let metrics = match settings.metrics.listen {
             Some(addr) => {
-                let listener = crate::monitor::bind(addr)
+                let listener = TcpListener::bind(addr)
                     .await
                     .map_err(|source| StartupError::Bind { addr, source })?;
                 let handle = crate::monitor::handle();

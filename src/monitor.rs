@@ -3,7 +3,6 @@
 //! internal figures are never on the public webhook port. Recording goes through the `metrics`
 //! facade to one process-wide `metrics-exporter-prometheus` recorder.
 
-use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -164,9 +163,4 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
-}
-
-/// Binds the metrics listener, naming the address if it cannot.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }

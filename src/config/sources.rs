@@ -166,13 +166,13 @@ pub fn describe(err: &Error) -> String {
             };
             return format!("unknown key {full}{source}{expected}");
         }
-        Kind::InvalidType(actual, expected) if secret => {
-            let _ = actual;
+        // A secret's value is never quoted: only what was expected.
+        Kind::InvalidType(_, expected) | Kind::InvalidValue(_, expected) if secret => {
             format!("expected {expected}")
         }
-        Kind::InvalidType(actual, expected) => format!("found {actual}, expected {expected}"),
-        Kind::InvalidValue(_, expected) if secret => format!("expected {expected}"),
-        Kind::InvalidValue(actual, expected) => format!("found {actual}, expected {expected}"),
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
+            format!("found {actual}, expected {expected}")
+        }
         Kind::Message(msg) if secret => {
             // Our own visitors never quote values; a message from elsewhere might.
             if msg.starts_with("expected") {
@@ -185,10 +185,7 @@ pub fn describe(err: &Error) -> String {
         Kind::UnknownVariant(actual, expected) => {
             format!("found {actual:?}, expected one of: {}", expected.join(", "))
         }
-        other if secret => {
-            let _ = other;
-            "invalid value".to_owned()
-        }
+        _ if secret => "invalid value".to_owned(),
         other => other.to_string(),
     };
     if key.is_empty() {

@@ -86,20 +86,7 @@ impl GraphResponse {
                 paging.remove(key);
                 continue;
             };
-            let mut query = reqwest::Url::parse("http://x/").expect("a static URL parses");
-            {
-                let mut pairs = query.query_pairs_mut();
-                for (k, v) in ours.pairs() {
-                    if k != "after" && k != "before" {
-                        pairs.append_pair(k, v);
-                    }
-                }
-                pairs.append_pair(cursor_name, &cursor);
-            }
-            let link = links.to(
-                headers,
-                &format!("{route}?{}", query.query().unwrap_or_default()),
-            );
+            let link = links.page(headers, route, ours, (cursor_name, &cursor));
             paging.insert(key.to_owned(), Value::String(link));
         }
         self

@@ -6,6 +6,7 @@
 use axum::http::HeaderMap;
 
 use crate::config::ServerSettings;
+use crate::http::query::Params;
 
 #[derive(Debug, Clone)]
 pub struct Links {
@@ -19,6 +20,32 @@ impl Links {
             public_url: server.public_url.clone(),
             trust_forwarded: server.trust_forwarded_headers,
         }
+    }
+
+    /// The link to another page of `route`: the caller's own `params` with any paging cursor
+    /// (`after`, `before`) replaced by `cursor`, as [`Self::to`] makes links.
+    pub fn page(
+        &self,
+        headers: &HeaderMap,
+        route: &str,
+        params: &Params,
+        cursor: (&str, &str),
+    ) -> String {
+        // A URL only to encode the query: `query_pairs_mut` does the form encoding.
+        let mut url = reqwest::Url::parse("http://x/").expect("a static URL parses");
+        {
+            let mut query = url.query_pairs_mut();
+            for (k, v) in params.pairs() {
+                if k != "after" && k != "before" {
+                    query.append_pair(k, v);
+                }
+            }
+            query.append_pair(cursor.0, cursor.1);
+        }
+        self.to(
+            headers,
+            &format!("{route}?{}", url.query().unwrap_or_default()),
+        )
     }
 
     /// `path_and_query` (starting with `/`) as the link a client should follow.

@@ -67,7 +67,8 @@ pub fn router(state: AppState) -> Router {
     ));
     let mut doc = serde_json::to_value(&doc).unwrap_or_default();
     contract::refine(&mut doc);
-    let doc = std::sync::Arc::new(doc);
+    // Serialized once: every request gets the same bytes.
+    let doc = bytes::Bytes::from(doc.to_string());
     let served = Router::new()
         .merge(public)
         .merge(v1)
@@ -75,7 +76,12 @@ pub fn router(state: AppState) -> Router {
             "/openapi.json",
             get(move || {
                 let doc = doc.clone();
-                async move { Json(doc.as_ref().clone()) }
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        doc,
+                    )
+                }
             }),
         )
         .fallback(error::fallback)
@@ -146,10 +152,7 @@ fn route_of(req: &Request) -> &str {
 /// lead id), method and status, with its latency.
 async fn record_metrics(request: Request, next: middleware::Next) -> Response {
     let started = std::time::Instant::now();
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let route = route_of(&request).to_owned();
     let method = request.method().clone();
     let response = next.run(request).await;
     crate::monitor::http_request(

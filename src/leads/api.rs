@@ -124,16 +124,13 @@ fn encode_cursor(c: Cursor) -> String {
 /// Reads a cursor; the base64 form earlier versions handed out is still accepted.
 fn decode_cursor(value: &str) -> Result<Cursor, ApiError> {
     let bad = || ApiError::bad_request("after: not a cursor from a previous page");
+    let legacy: String;
     let (at, id) = match value.split_once('.') {
         Some(parts) => parts,
         None => {
             let raw = URL_SAFE_NO_PAD.decode(value).map_err(|_| bad())?;
-            let text = String::from_utf8(raw).map_err(|_| bad())?;
-            let (at, id) = text.split_once(':').ok_or_else(bad)?;
-            return Ok(Cursor {
-                received_at_ms: at.parse().map_err(|_| bad())?,
-                id: id.parse().map_err(|_| bad())?,
-            });
+            legacy = String::from_utf8(raw).map_err(|_| bad())?;
+            legacy.split_once(':').ok_or_else(bad)?
         }
     };
     Ok(Cursor {
@@ -255,26 +252,6 @@ fn store_error(err: sqlx::Error) -> ApiError {
     ApiError::unavailable("the database did not answer, retry later", err)
 }
 
-/// This request's path and query with `after` replaced: Graph-style `paging.next`.
-fn next_link(
-    state: &AppState,
-    headers: &HeaderMap,
-    path: &str,
-    params: &Params,
-    after: &str,
-) -> String {
-    let mut query = reqwest::Url::parse("http://x/").expect("a static URL parses");
-    {
-        let mut pairs = query.query_pairs_mut();
-        for (k, v) in params.pairs().iter().filter(|(k, _)| k != "after") {
-            pairs.append_pair(k, v);
-        }
-        pairs.append_pair("after", after);
-    }
-    let pq = format!("{path}?{}", query.query().unwrap_or_default());
-    state.links().to(headers, &pq)
-}
-
 /// Parameters each route takes.
 const FILTERS: &[&str] = &[
     "source_id",
@@ -325,9 +302,11 @@ async fn list_leads(
     let after = more
         .then(|| rows.last().map(|r| encode_cursor(r.cursor())))
         .flatten();
-    let next = after
-        .as_deref()
-        .map(|a| next_link(&state, &headers, uri.path(), &params, a));
+    let next = after.as_deref().map(|a| {
+        state
+            .links()
+            .page(&headers, uri.path(), &params, ("after", a))
+    });
     Ok(Json(LeadPage {
         data: rows.into_iter().map(Lead::from).collect(),
         paging: Paging {

@@ -25,7 +25,7 @@ impl Store {
     pub async fn erase_contact(&self, id: String) -> Result<Erased, StoreError> {
         let (path, log_path, durability) =
             (self.path.clone(), self.log_path.clone(), self.durability);
-        tokio::task::spawn_blocking(move || {
+        super::blocking(move || {
             let mut log = open_connection(&log_path, durability)?;
             let raw_deliveries = erase_raw(&mut log, &id)?;
             log.close().map_err(|(_, err)| err)?;
@@ -41,7 +41,6 @@ impl Store {
             })
         })
         .await
-        .map_err(|err| StoreError::Io(std::io::Error::other(err)))?
     }
 }
 

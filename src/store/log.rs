@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use crate::leads::extract::{NewLead, ParseStatus};
+use crate::leads::extract::{Extracted, NewLead, ParseStatus};
 
 /// The log's schema, applied by `PRAGMA user_version`.
 const SCHEMA: &[&str] = &["CREATE TABLE IF NOT EXISTS log (
@@ -39,6 +39,19 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// What `extracted` says the delivery carries.
+    pub fn of(extracted: &Extracted) -> Self {
+        if !extracted.leads.is_empty() {
+            Kind::Leads
+        } else if extracted.messages > 0 {
+            Kind::Messages
+        } else if extracted.statuses > 0 && extracted.other == 0 {
+            Kind::Statuses
+        } else {
+            Kind::Other
+        }
+    }
+
     pub fn code(self) -> i64 {
         match self {
             Kind::Leads => 0,
@@ -229,8 +242,6 @@ pub fn create(path: &Path) -> rusqlite::Result<()> {
 /// The watermarks the writer and the projector share.
 #[derive(Debug, Default)]
 pub struct Progress {
-    /// Highest log id committed.
-    pub committed: AtomicI64,
     /// Highest log id that is durable (fsynced in FULL durability): the projector reads only up
     /// to here, so it never builds a lead from an entry that a power cut could still undo.
     pub durable: AtomicI64,
@@ -291,6 +302,11 @@ impl Progress {
     /// Publishes a durable id and wakes the projector.
     pub fn mark_durable(&self, id: i64) {
         self.durable.fetch_max(id, Ordering::AcqRel);
+        self.wake();
+    }
+
+    /// Wakes the projector (to see new durable entries, or that it should stop).
+    pub fn wake(&self) {
         if let Ok(mut woken) = self.wake.lock() {
             *woken = true;
             self.bell.notify_all();

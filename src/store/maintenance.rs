@@ -13,8 +13,8 @@ use rusqlite::{params, Connection};
 use sqlx::SqliteConnection;
 use tokio_util::sync::CancellationToken;
 
-use super::log::{status_code, unpack, Kind, LogRecord, Progress};
-use super::projector::{insert_leads, parse_status, set_watermark};
+use super::log::{status_code, status_from_code, unpack, Kind, LogRecord, Progress};
+use super::projector::{insert_leads, set_watermark};
 use super::writer::open_connection;
 use super::StoreError;
 use crate::config::{DatabaseSettings, Durability};
@@ -39,21 +39,17 @@ pub async fn reextract(
     settings: &DatabaseSettings,
     since_ms: Option<i64>,
 ) -> Result<ReextractReport, StoreError> {
-    let (path, _) = super::migrate_schema(settings).await?;
-    let log_path = settings
-        .log_path()
-        .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
+    let files = super::migrate_schema(settings).await?;
     let durability = settings.synchronous;
-    tokio::task::spawn_blocking(move || {
-        let mut leads = open_connection(&path, durability)?;
-        let log = open_connection(&log_path, durability)?;
+    super::blocking(move || {
+        let mut leads = open_connection(&files.leads, durability)?;
+        let log = open_connection(&files.log, durability)?;
         let report = reextract_blocking(&log, &mut leads, since_ms)?;
         leads.close().map_err(|(_, err)| err)?;
         log.close().map_err(|(_, err)| err)?;
         Ok(report)
     })
     .await
-    .map_err(|err| StoreError::Io(std::io::Error::other(err)))?
 }
 
 fn reextract_blocking(
@@ -97,7 +93,7 @@ fn reextract_blocking(
             let extracted = extract(&raw);
             let rows = extracted.leads.iter().map(|lead| (id, received_at, lead));
             report.new_leads += insert_leads(&tx, rows)?;
-            if parse_status(status) != extracted.status.as_str() {
+            if status_from_code(status) != extracted.status {
                 restatus.push((id, extracted.status, extracted.leads.len()));
             }
             report.events += 1;

@@ -97,7 +97,7 @@ impl WriterTask {
         }
         // The writer has committed and flushed what it held: the projector drains up to there.
         self.projector_stop.store(true, Ordering::Release);
-        self.progress.mark_durable(0);
+        self.progress.wake();
         if let Some(projector) = self.projector {
             let joined = tokio::task::spawn_blocking(move || projector.join()).await;
             if !matches!(joined, Ok(Ok(()))) {
@@ -182,11 +182,32 @@ fn ensure_folder(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// Creates the files (and their folders) if needed and brings both schemas up to date; returns
-/// the leads file's path and the options every sqlx connection to it (reads) opens with.
-pub(crate) async fn migrate_schema(
-    settings: &DatabaseSettings,
-) -> Result<(PathBuf, SqliteConnectOptions), StoreError> {
+/// A read connection to the log, for tools and tests (the projector keeps its own).
+fn open_log_reader(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+/// Runs `f` (SQLite work through rusqlite) on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|err| StoreError::Io(std::io::Error::other(err)))?
+}
+
+/// The files a database configuration names, and the options every sqlx connection to the
+/// leads file (reads) opens with.
+pub(crate) struct Files {
+    pub leads: PathBuf,
+    pub log: PathBuf,
+    pub options: SqliteConnectOptions,
+}
+
+/// Creates the files (and their folders) if needed and brings both schemas up to date.
+pub(crate) async fn migrate_schema(settings: &DatabaseSettings) -> Result<Files, StoreError> {
     let path = settings
         .path()
         .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
@@ -195,17 +216,15 @@ pub(crate) async fn migrate_schema(
         .log_path()
         .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
     ensure_folder(&log_path)?;
-    {
-        let creating = log_path.clone();
-        tokio::task::spawn_blocking(move || log::create(&creating))
-            .await
-            .map_err(|err| StoreError::Io(std::io::Error::other(err)))?
-            .map_err(|source| StoreError::OpenLog {
-                path: log_path.display().to_string(),
-                user: crate::config::process_user(),
-                source,
-            })?;
-    }
+    let creating = log_path.clone();
+    blocking(move || {
+        log::create(&creating).map_err(|source| StoreError::OpenLog {
+            path: creating.display().to_string(),
+            user: crate::config::process_user(),
+            source,
+        })
+    })
+    .await?;
     let options = connect_options(&path, settings.synchronous);
     let mut conn = options.connect().await.map_err(|source| StoreError::Open {
         path: path.display().to_string(),
@@ -214,19 +233,19 @@ pub(crate) async fn migrate_schema(
     })?;
     MIGRATOR.run(&mut conn).await?;
     conn.close().await?;
-    let (leads_path, moved_log) = (path.clone(), log_path);
-    let moved = tokio::task::spawn_blocking(move || {
-        maintenance::move_legacy_events(&leads_path, &moved_log)
-    })
-    .await
-    .map_err(|err| StoreError::Io(std::io::Error::other(err)))??;
+    let (leads_path, moved_log) = (path.clone(), log_path.clone());
+    let moved = blocking(move || maintenance::move_legacy_events(&leads_path, &moved_log)).await?;
     if moved > 0 {
         tracing::info!(
             deliveries = moved,
             "moved raw deliveries from the leads database into the delivery log"
         );
     }
-    Ok((path, options))
+    Ok(Files {
+        leads: path,
+        log: log_path,
+        options,
+    })
 }
 
 /// Applies migrations and closes: `ctwa-leads migrate`.
@@ -240,10 +259,11 @@ pub async fn open(
     ingest: &IngestSettings,
     retention: &RetentionSettings,
 ) -> Result<(Store, WriterTask), StoreError> {
-    let (path, options) = migrate_schema(settings).await?;
-    let log_path = settings
-        .log_path()
-        .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
+    let Files {
+        leads: path,
+        log: log_path,
+        options,
+    } = migrate_schema(settings).await?;
     let read_options = options
         .clone()
         .pragma("cache_size", "-2000")
@@ -276,17 +296,16 @@ pub async fn open(
     let durability = settings.synchronous;
     let (writer_healthy, writer_progress, writer_path) =
         (healthy.clone(), progress.clone(), log_path.clone());
-    let writer = tokio::task::spawn_blocking(move || {
-        writer::Writer::new(
+    let writer = blocking(move || {
+        Ok(writer::Writer::new(
             writer_path,
             durability,
             max_batch,
             writer_healthy,
             writer_progress,
-        )
+        )?)
     })
-    .await
-    .map_err(|err| StoreError::Io(std::io::Error::other(err)))??;
+    .await?;
     let (writer, handle) = writer.spawn(ingest.queue_capacity, stop.clone())?;
     let projector_stop = Arc::new(AtomicBool::new(false));
     let projector = projector::Projector::new(
@@ -364,15 +383,12 @@ impl Store {
     /// Log entries stored (each a delivery whose raw body is kept).
     pub async fn log_entries(&self) -> Result<u64, StoreError> {
         let path = self.log_path.clone();
-        tokio::task::spawn_blocking(move || -> rusqlite::Result<u64> {
-            let conn = rusqlite::Connection::open(&path)?;
-            conn.busy_timeout(Duration::from_secs(5))?;
-            conn.query_row("SELECT COUNT(*) FROM log", [], |r| r.get::<_, i64>(0))
-                .map(|n| n as u64)
+        blocking(move || {
+            let conn = open_log_reader(&path)?;
+            let n: i64 = conn.query_row("SELECT COUNT(*) FROM log", [], |r| r.get(0))?;
+            Ok(n as u64)
         })
         .await
-        .map_err(|err| StoreError::Io(std::io::Error::other(err)))?
-        .map_err(StoreError::from)
     }
 
     pub fn log_path(&self) -> &std::path::Path {
@@ -383,9 +399,8 @@ impl Store {
     /// body)`. For tests and tools; it reads the whole log.
     pub async fn raw_deliveries(&self) -> Result<Vec<(i64, String, i64, Vec<u8>)>, StoreError> {
         let path = self.log_path.clone();
-        tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            let conn = rusqlite::Connection::open(&path)?;
-            conn.busy_timeout(Duration::from_secs(5))?;
+        blocking(move || {
+            let conn = open_log_reader(&path)?;
             let rows: Vec<(i64, i64, i64, i64, Vec<u8>)> = conn
                 .prepare("SELECT id, status, lead_count, codec, body FROM log ORDER BY id")?
                 .query_map([], |r| {
@@ -405,7 +420,6 @@ impl Store {
                 .collect()
         })
         .await
-        .map_err(|err| StoreError::Io(std::io::Error::other(err)))?
     }
 
     /// The database answers reads, and the writer's last commit succeeded.

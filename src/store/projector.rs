@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::log::{status_from_code, Progress, Unpacker};
+use super::log::{Handed, Progress, Unpacker};
 use super::writer::open_connection;
 use crate::config::Durability;
 use crate::leads::extract::{extract, NewLead};
@@ -247,11 +247,12 @@ impl Projector {
         progress: &Progress,
         unpacker: &mut Unpacker,
     ) -> rusqlite::Result<usize> {
+        // The writer's hand-off first: the same leads, without reading and parsing them back.
         let handed = progress.take(from + 1, durable, MAX_LEADS_PER_ROUND as usize);
-        if !handed.is_empty() {
-            return self.project_handed(handed, progress);
+        if let Some(last) = handed.last().map(|h| h.id) {
+            return self.commit_round(handed, last, progress);
         }
-        let (log, leads) = self.connections()?;
+        let (log, _) = self.connections()?;
         // Entries in id order, until the batch or the lead budget is full: a 1,000-message
         // delivery is one entry but a thousand leads, and memory must stay bounded.
         let mut entries: Vec<Entry> = Vec::new();
@@ -282,63 +283,44 @@ impl Projector {
             self.watermark = durable;
             return self.record_watermark(durable).map(|()| 0);
         };
-        if let Some(first) = entries.first() {
-            progress
-                .oldest_unprojected_ms
-                .store(first.received_at, Ordering::Release);
-        }
-        let started = Instant::now();
-        let tx = leads.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut created = 0;
-        let mut duplicates = 0;
         let count = entries.len();
-        for entry in entries {
-            let Some(body) = entry.body else { continue };
-            let raw = match unpacker.unpack(entry.codec, body) {
-                Ok(raw) => raw,
-                Err(err) => {
-                    tracing::error!(id = entry.id, %err, "a log entry could not be unpacked; skipped");
-                    continue;
+        let handed = entries
+            .into_iter()
+            .map(|entry| {
+                let leads = match entry.body.map(|body| unpacker.unpack(entry.codec, body)) {
+                    Some(Ok(raw)) => extract(&raw).leads,
+                    Some(Err(err)) => {
+                        tracing::error!(id = entry.id, %err, "a log entry could not be unpacked; skipped");
+                        Vec::new()
+                    }
+                    None => Vec::new(),
+                };
+                Handed {
+                    id: entry.id,
+                    received_at: entry.received_at,
+                    leads,
                 }
-            };
-            let extracted = extract(&raw);
-            let rows = extracted
-                .leads
-                .iter()
-                .map(|lead| (entry.id, entry.received_at, lead));
-            let new = insert_leads(&tx, rows)?;
-            created += new;
-            if new == 0 && !extracted.leads.is_empty() {
-                duplicates += 1;
-            }
-        }
+            })
+            .collect();
         // Everything up to `last` is done; a gap up to `durable` past the batch is not skipped.
         let mark = if exhausted && count < batch {
             durable
         } else {
             last
         };
-        set_watermark(&tx, mark)?;
-        tx.commit()?;
-        self.watermark = mark;
-        self.progress.projected.store(mark, Ordering::Release);
-        crate::monitor::leads_created(created);
-        crate::monitor::deliveries(crate::monitor::Outcome::Duplicate, duplicates);
-        crate::monitor::projection_batch(count, started.elapsed());
-        Ok(count)
+        self.commit_round(handed, mark, progress)
     }
 
-    /// Projects entries the writer handed over in memory: the same transaction as from the
-    /// log, without reading and parsing the bodies back.
-    fn project_handed(
+    /// Inserts the leads of `round` (entries in id order), records `mark` as the watermark in
+    /// the same transaction, and publishes it; returns how many entries the round held. Both
+    /// sources, the in-memory hand-off and the log, end here.
+    fn commit_round(
         &mut self,
-        handed: Vec<super::log::Handed>,
+        round: Vec<Handed>,
+        mark: i64,
         progress: &Progress,
     ) -> rusqlite::Result<usize> {
-        let Some(last) = handed.last().map(|h| h.id) else {
-            return Ok(0);
-        };
-        if let Some(first) = handed.first() {
+        if let Some(first) = round.first() {
             progress
                 .oldest_unprojected_ms
                 .store(first.received_at, Ordering::Release);
@@ -348,7 +330,7 @@ impl Projector {
         let tx = leads.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut created = 0;
         let mut duplicates = 0;
-        for entry in &handed {
+        for entry in &round {
             let rows = entry
                 .leads
                 .iter()
@@ -359,14 +341,14 @@ impl Projector {
                 duplicates += 1;
             }
         }
-        set_watermark(&tx, last)?;
+        set_watermark(&tx, mark)?;
         tx.commit()?;
-        self.watermark = last;
-        self.progress.projected.store(last, Ordering::Release);
+        self.watermark = mark;
+        self.progress.projected.store(mark, Ordering::Release);
         crate::monitor::leads_created(created);
         crate::monitor::deliveries(crate::monitor::Outcome::Duplicate, duplicates);
-        crate::monitor::projection_batch(handed.len(), started.elapsed());
-        Ok(handed.len())
+        crate::monitor::projection_batch(round.len(), started.elapsed());
+        Ok(round.len())
     }
 
     fn record_watermark(&mut self, id: i64) -> rusqlite::Result<()> {
@@ -389,9 +371,4 @@ impl Projector {
             );
         }
     }
-}
-
-/// Parse status of a stored entry (for `reextract`).
-pub(super) fn parse_status(code: i64) -> &'static str {
-    status_from_code(code).as_str()
 }

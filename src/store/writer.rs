@@ -236,9 +236,6 @@ impl Writer {
         let conn = open_connection(&path, Durability::Normal)?;
         let next_event_id = next_event_id(&conn)?;
         // Everything already in the file survived whatever stopped the last run: durable.
-        progress
-            .committed
-            .store(next_event_id - 1, Ordering::Release);
         progress.mark_durable(next_event_id - 1);
         let wal = match durability {
             Durability::Full => {
@@ -335,13 +332,9 @@ impl Writer {
             }
             let waiters = batch.drain(..).map(|job| job.done);
             match (&sync, result) {
-                (Some(sync), Ok(())) => {
-                    self.progress.committed.store(last_id, Ordering::Release);
-                    sync.submit(waiters.collect(), last_id);
-                }
+                (Some(sync), Ok(())) => sync.submit(waiters.collect(), last_id),
                 (_, result) => {
                     if result.is_ok() {
-                        self.progress.committed.store(last_id, Ordering::Release);
                         self.progress.mark_durable(last_id);
                     }
                     let answer = result.map_err(|_| IngestError::Failed);

@@ -39,9 +39,14 @@ pub enum BodyError {
 /// Held while a delivery is in flight: its bytes, then also its delivery slot.
 #[derive(Debug)]
 pub struct Ticket {
+    /// None for an empty body.
     _bytes: Option<OwnedSemaphorePermit>,
-    _delivery: Option<OwnedSemaphorePermit>,
+    _delivery: OwnedSemaphorePermit,
 }
+
+/// The most a body's buffer starts with, whatever its `Content-Length` says; it grows as
+/// bytes actually arrive.
+const FIRST_BUFFER: usize = 64 * 1024;
 
 /// Time allowed before the rate applies: a connection's first bytes may take a moment.
 const GRACE: Duration = Duration::from_secs(1);
@@ -69,7 +74,9 @@ impl Admission {
         }
         let start = Instant::now();
         let mut held: Option<OwnedSemaphorePermit> = None;
-        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(self.max_body));
+        // The declared length only sizes a small first buffer: an unauthenticated client's
+        // claim commits no memory beyond that.
+        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(FIRST_BUFFER));
         let mut stream = body.into_data_stream();
         loop {
             // The next bytes are due when the rate would fall behind what has arrived so far.
@@ -106,7 +113,7 @@ impl Admission {
             buf.freeze(),
             Ticket {
                 _bytes: held,
-                _delivery: Some(delivery),
+                _delivery: delivery,
             },
         ))
     }

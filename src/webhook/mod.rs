@@ -198,15 +198,7 @@ async fn receive(
             "the projection is too far behind the log, retry later",
         ));
     }
-    let kind = if !extracted.leads.is_empty() {
-        Kind::Leads
-    } else if extracted.messages > 0 {
-        Kind::Messages
-    } else if extracted.statuses > 0 && extracted.other == 0 {
-        Kind::Statuses
-    } else {
-        Kind::Other
-    };
+    let kind = Kind::of(&extracted);
     let raw = verified.into_bytes();
     // Compression costs microseconds for a typical body; a large batch goes to the blocking
     // pool like its parse did.
