@@ -5,47 +5,13 @@
 #[path = "it/helpers.rs"]
 mod helpers;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use helpers::{API_TOKEN, APP_SECRET, GRAPH_TOKEN, VERIFY_TOKEN};
+use helpers::{binary_config, free_port, API_TOKEN};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ctwa-leads");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn config(dir: &Path, extra: &str) -> PathBuf {
-    let path = dir.join("config.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-            [server]
-            listen = "127.0.0.1:8080"
-            [database]
-            url = "sqlite://{db}"
-            [webhook]
-            verify_token = "{VERIFY_TOKEN}"
-            app_secrets = ["{APP_SECRET}"]
-            [api]
-            token = "{API_TOKEN}"
-            [graph]
-            access_token = "{GRAPH_TOKEN}"
-            waba_id = "1"
-            {extra}
-            "#,
-            db = dir.join("leads.db").display()
-        ),
-    )
-    .expect("config written");
-    path
-}
 
 /// Kubernetes injects these for a Service named `ctwa` (and one named `ctwa-leads`).
 const SERVICE_LINKS: &[(&str, &str)] = &[
@@ -82,7 +48,7 @@ fn healthcheck(config: &Path, port: u16) -> Output {
 #[test]
 fn serve_starts_under_kubernetes_service_links_and_healthcheck_follows_its_port() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), "");
+    let config = binary_config(dir.path(), 8080);
     let port = free_port();
     let mut child = serve(&config, port);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -121,7 +87,7 @@ fn serve_starts_under_kubernetes_service_links_and_healthcheck_follows_its_port(
 #[test]
 fn an_unknown_key_in_a_config_variable_still_stops_start_up() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), "");
+    let config = binary_config(dir.path(), 8080);
     let out = Command::new(BIN)
         .args(["migrate", "--config"])
         .arg(&config)
@@ -136,7 +102,7 @@ fn an_unknown_key_in_a_config_variable_still_stops_start_up() {
 #[test]
 fn a_lone_app_secret_in_the_environment_works_and_is_never_printed() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), "");
+    let config = binary_config(dir.path(), 8080);
     let out = Command::new(BIN)
         .args(["migrate", "--config"])
         .arg(&config)
@@ -175,7 +141,7 @@ fn an_unusable_database_path_is_named_with_the_user() {
     let dir = tempfile::tempdir().unwrap();
     let blocker = dir.path().join("not-a-folder");
     std::fs::write(&blocker, "x").unwrap();
-    let config = config(dir.path(), "");
+    let config = binary_config(dir.path(), 8080);
     let out = Command::new(BIN)
         .args(["migrate", "--config"])
         .arg(&config)

@@ -9,46 +9,13 @@
 #[path = "it/helpers.rs"]
 mod helpers;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use helpers::{one_lead, API_TOKEN, APP_SECRET, GRAPH_TOKEN, VERIFY_TOKEN};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn write_config(dir: &Path, port: u16) -> PathBuf {
-    let path = dir.join("config.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-            [server]
-            listen = "127.0.0.1:{port}"
-            [database]
-            url = "sqlite://{db}"
-            [webhook]
-            verify_token = "{VERIFY_TOKEN}"
-            app_secrets = ["{APP_SECRET}"]
-            [api]
-            token = "{API_TOKEN}"
-            [graph]
-            access_token = "{GRAPH_TOKEN}"
-            waba_id = "1"
-            "#,
-            db = dir.join("leads.db").display()
-        ),
-    )
-    .expect("config written");
-    path
-}
+use helpers::{binary_config, free_port, one_lead, APP_SECRET};
 
 fn start(config: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_ctwa-leads"))
@@ -177,7 +144,7 @@ async fn sigkill_under_load_loses_no_acknowledged_lead() {
         .unwrap_or(5);
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
-    let config = write_config(dir.path(), port);
+    let config = binary_config(dir.path(), port);
     let client = reqwest::Client::new();
     let acked = Arc::new(Mutex::new(Vec::new()));
     let mut seed = std::time::SystemTime::now()
@@ -224,7 +191,7 @@ async fn sigkill_under_load_loses_no_acknowledged_lead() {
 async fn sigterm_under_load_drains_and_exits_zero_within_ten_seconds() {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
-    let config = write_config(dir.path(), port);
+    let config = binary_config(dir.path(), port);
     let client = reqwest::Client::new();
     let mut server = start(&config);
     wait_ready(&client, port).await;

@@ -66,6 +66,42 @@ pub fn settings(db: &std::path::Path, graph_url: &str) -> Settings {
     Settings::from_toml(&toml).expect("test settings are valid")
 }
 
+/// A port free on loopback right now, for a server process a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A config file in `dir` for the real binary: listening on 127.0.0.1:`port`, its database
+/// in `dir`, the suite's secrets.
+pub fn binary_config(dir: &std::path::Path, port: u16) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+            [server]
+            listen = "127.0.0.1:{port}"
+            [database]
+            url = "sqlite://{db}"
+            [webhook]
+            verify_token = "{VERIFY_TOKEN}"
+            app_secrets = ["{APP_SECRET}"]
+            [api]
+            token = "{API_TOKEN}"
+            [graph]
+            access_token = "{GRAPH_TOKEN}"
+            waba_id = "1"
+            "#,
+            db = dir.join("leads.db").display()
+        ),
+    )
+    .expect("config written");
+    path
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_with(|_| {}).await
 }
