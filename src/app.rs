@@ -38,6 +38,7 @@ struct Inner {
     min_body_rate: usize,
     keep_raw: crate::config::KeepRaw,
     max_projection_lag: u64,
+    forwarding: Arc<crate::forward::Forwarding>,
 }
 
 impl AppState {
@@ -80,6 +81,9 @@ impl AppState {
     pub fn max_projection_lag(&self) -> u64 {
         self.0.max_projection_lag
     }
+    pub fn forwarding(&self) -> &crate::forward::Forwarding {
+        &self.0.forwarding
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +97,8 @@ pub enum StartupError {
     },
     #[error("graph client: {0}")]
     Graph(#[from] reqwest::Error),
+    #[error(transparent)]
+    Forward(#[from] crate::forward::DispatchError),
 }
 
 pub struct Application {
@@ -102,14 +108,22 @@ pub struct Application {
     router: axum::Router,
     store: Store,
     writer: WriterTask,
+    dispatcher: crate::forward::Dispatcher,
     header_read_timeout: Duration,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let (store, writer) =
-            crate::store::open(&settings.database, &settings.ingest, &settings.retention).await?;
+        let (store, writer) = crate::store::open(
+            &settings.database,
+            &settings.ingest,
+            &settings.retention,
+            crate::store::outbox::Routes::new(&settings.forwarding),
+        )
+        .await?;
         let graph = GraphClient::new(&settings.graph)?;
+        let forwarding = Arc::new(crate::forward::Forwarding::new(&settings.forwarding));
+        let dispatcher = crate::forward::Dispatcher::start(&forwarding, store.clone())?;
         let state = AppState(Arc::new(Inner {
             verifier: SignatureVerifier::new(&settings.webhook.app_secrets),
             verify_token: settings.webhook.verify_token.clone(),
@@ -129,6 +143,7 @@ impl Application {
             min_body_rate: settings.server.min_body_rate,
             keep_raw: settings.retention.keep_raw,
             max_projection_lag: settings.ingest.max_projection_lag,
+            forwarding,
         }));
         let addr = settings.server.listen;
         let listener = TcpListener::bind(addr)
@@ -153,6 +168,7 @@ impl Application {
             store: state.store().clone(),
             router: crate::http::router(state),
             writer,
+            dispatcher,
             header_read_timeout: Duration::from_secs(settings.server.header_read_timeout_secs),
         })
     }
@@ -190,6 +206,7 @@ impl Application {
             router,
             store,
             writer,
+            dispatcher,
             header_read_timeout,
         } = self;
         let stop = tokio_util::sync::CancellationToken::new();
@@ -207,6 +224,9 @@ impl Application {
                 tracing::warn!(%err, "the metrics listener failed");
             }
         }
+        // Forwarding stops first (what it sent is recorded); the log writer and the projector
+        // then drain, and what they enqueue is sent after the next start.
+        dispatcher.shutdown().await;
         writer.shutdown().await;
         store.close().await;
         tracing::info!("stopped");

@@ -121,12 +121,16 @@ fn run_inner(cli: Cli) -> Result<ExitCode, ExitCode> {
                 }
             };
             runtime()?.block_on(async {
-                let report = crate::store::maintenance::reextract(&settings.database, since_ms)
-                    .await
-                    .map_err(|err| {
-                        eprintln!("error: {err}");
-                        ExitCode::FAILURE
-                    })?;
+                let report = crate::store::maintenance::reextract(
+                    &settings.database,
+                    crate::store::outbox::Routes::new(&settings.forwarding),
+                    since_ms,
+                )
+                .await
+                .map_err(|err| {
+                    eprintln!("error: {err}");
+                    ExitCode::FAILURE
+                })?;
                 println!(
                     "re-extracted {} raw deliveries: {} new leads, {} re-flagged",
                     report.events, report.new_leads, report.restatused

@@ -1,6 +1,7 @@
 //! ctwa-leads: captures leads from WhatsApp Click-to-WhatsApp ads. A delivery flows
 //! `webhook` (verify → parse) → `store::log` (durable, then 200) → `store::projector` (leads,
-//! with `leads::extract`, a pure function); `leads::api` serves what was stored, `graph` proxies
+//! with `leads::extract`, a pure function, and the forwarding outbox) → `forward` (signed pushes to
+//! the team's systems); `leads::api` serves what was stored, `graph` proxies
 //! the ads' WhatsApp assets, and `monitor` exports metrics. `main.rs` only parses the CLI.
 
 #![forbid(unsafe_code)]
@@ -8,6 +9,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod forward;
 pub mod graph;
 pub mod http;
 pub mod leads;

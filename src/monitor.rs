@@ -26,6 +26,12 @@ pub const PROJECTION_LAG_ENTRIES: &str = "ctwa_projection_lag_entries";
 pub const PROJECTION_LAG_SECONDS: &str = "ctwa_projection_lag_seconds";
 pub const PROJECTION_BATCH_SECONDS: &str = "ctwa_projection_batch_seconds";
 pub const PROJECTION_ENTRIES: &str = "ctwa_projection_entries_total";
+pub const FORWARD_ATTEMPTS: &str = "ctwa_forward_attempts_total";
+pub const FORWARD_ATTEMPT_SECONDS: &str = "ctwa_forward_attempt_seconds";
+pub const FORWARD_PENDING: &str = "ctwa_forward_pending";
+pub const FORWARD_FAILED: &str = "ctwa_forward_failed";
+pub const FORWARD_OLDEST_PENDING: &str = "ctwa_forward_oldest_pending_seconds";
+pub const FORWARD_DISABLED: &str = "ctwa_forward_destination_disabled";
 
 /// What became of a `POST /webhook` delivery.
 #[derive(Debug, Clone, Copy)]
@@ -136,6 +142,31 @@ pub fn projection_batch(entries: usize, elapsed: Duration) {
 pub fn graph_request(edge: &str, status: u16) {
     counter!(GRAPH_REQUESTS, "edge" => edge.to_owned(), "status" => status.to_string())
         .increment(1);
+}
+
+/// One forwarding attempt: `succeeded`, `retry`, `failed` (schedule exhausted) or `gone` (410).
+pub fn forward_attempt(destination: &str, outcome: &'static str, elapsed: Duration) {
+    counter!(FORWARD_ATTEMPTS, "destination" => destination.to_owned(), "outcome" => outcome)
+        .increment(1);
+    histogram!(FORWARD_ATTEMPT_SECONDS, "destination" => destination.to_owned())
+        .record(elapsed.as_secs_f64());
+}
+
+/// A destination's backlog: pending and failed deliveries, and the oldest pending one's age.
+pub fn forward_backlog(destination: &str, pending: i64, failed: i64, oldest_pending_secs: f64) {
+    gauge!(FORWARD_PENDING, "destination" => destination.to_owned()).set(pending as f64);
+    gauge!(FORWARD_FAILED, "destination" => destination.to_owned()).set(failed as f64);
+    gauge!(FORWARD_OLDEST_PENDING, "destination" => destination.to_owned())
+        .set(oldest_pending_secs);
+}
+
+/// 1 while a destination is disabled by a 410 Gone.
+pub fn forward_disabled(destination: &str, disabled: bool) {
+    gauge!(FORWARD_DISABLED, "destination" => destination.to_owned()).set(if disabled {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves.

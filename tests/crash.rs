@@ -4,6 +4,9 @@
 //! intact; and SIGTERM under 64 busy connections exits 0 within 10 s, with the projector
 //! drained and nothing acknowledged lost.
 //!
+//! With lead forwarding on, every lead has its outbox delivery across the kills, and a send cut
+//! off by SIGKILL before its answer was recorded is sent again with the same `webhook-id`.
+//!
 //! CRASH_ITERATIONS (default 5) sets the kill rounds; `scripts/crash-test` runs 20 on release.
 
 #[path = "it/helpers.rs"]
@@ -15,7 +18,80 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use helpers::{binary_config, free_port, one_lead, APP_SECRET};
+use helpers::{binary_config, free_port, one_lead, APP_SECRET, FORWARD_SECRET};
+
+/// Adds a forwarding destination at `url` to the config file.
+fn forward_to(config: &Path, url: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(config)
+        .expect("config file");
+    writeln!(
+        file,
+        "[forwarding]\nretry_schedule_secs = [0, 0.5, 0.5]\n[[forward]]\nname = \"crm\"\nurl = \"{url}\"\nsecret = \"{FORWARD_SECRET}\""
+    )
+    .expect("config written");
+}
+
+/// A destination on loopback that records each request's `webhook-id`; it never answers the
+/// first request (the connection hangs, as a slow receiver's would) and answers 200 to the rest.
+async fn hanging_destination() -> (String, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let ids = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let ids = ids.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 8192];
+                    let body_start = loop {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                        if let Some(at) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&request[..body_start]).to_lowercase();
+                    let field = |name: &str| {
+                        head.lines()
+                            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+                    };
+                    let length: usize = field("content-length:")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    while request.len() < body_start + length {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let first = {
+                        let mut ids = ids.lock().expect("ids");
+                        ids.push(field("webhook-id:").unwrap_or_default());
+                        ids.len() == 1
+                    };
+                    if first {
+                        std::future::pending::<()>().await;
+                    }
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                    if sock.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, seen)
+}
 
 fn start(config: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_ctwa-leads"))
@@ -132,6 +208,23 @@ async fn verify(dir: &Path, acked: &[String]) -> usize {
         "a lead is stored twice"
     );
     let stored: std::collections::HashSet<String> = stored.into_iter().map(|(w, _)| w).collect();
+    // Forwarding is on: each lead has exactly one delivery, and no delivery lacks its lead.
+    let (without, orphans, deliveries): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM leads l WHERE NOT EXISTS \
+                 (SELECT 1 FROM deliveries d WHERE d.lead_id = l.id)), \
+                (SELECT COUNT(*) FROM deliveries d WHERE NOT EXISTS \
+                 (SELECT 1 FROM leads l WHERE l.id = d.lead_id)), \
+                (SELECT COUNT(*) FROM deliveries)",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("outbox");
+    assert_eq!(
+        (without, orphans),
+        (0, 0),
+        "a lead without its delivery, or the reverse"
+    );
+    assert_eq!(deliveries as usize, stored.len(), "one delivery per lead");
     pool.close().await;
     acked.iter().filter(|w| !stored.contains(*w)).count()
 }
@@ -145,6 +238,12 @@ async fn sigkill_under_load_loses_no_acknowledged_lead() {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
     let config = binary_config(dir.path(), port);
+    let receiver = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(200))
+        .mount(&receiver)
+        .await;
+    forward_to(&config, &format!("{}/hook", receiver.uri()));
     let client = reqwest::Client::new();
     let acked = Arc::new(Mutex::new(Vec::new()));
     let mut seed = std::time::SystemTime::now()
@@ -192,6 +291,12 @@ async fn sigterm_under_load_drains_and_exits_zero_within_ten_seconds() {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
     let config = binary_config(dir.path(), port);
+    let receiver = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(200))
+        .mount(&receiver)
+        .await;
+    forward_to(&config, &format!("{}/hook", receiver.uri()));
     let client = reqwest::Client::new();
     let mut server = start(&config);
     wait_ready(&client, port).await;
@@ -229,4 +334,72 @@ async fn sigterm_under_load_drains_and_exits_zero_within_ten_seconds() {
     );
     assert!(!acked.is_empty());
     assert_eq!(lost, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_cut_off_by_a_crash_is_sent_again_with_the_same_webhook_id() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let config = binary_config(dir.path(), port);
+    let (url, seen) = hanging_destination().await;
+    forward_to(&config, &url);
+    let client = reqwest::Client::new();
+    let mut server = start(&config);
+    wait_ready(&client, port).await;
+    let body = one_lead("wamid.crash-forward");
+    let res = client
+        .post(format!("http://127.0.0.1:{port}/webhook"))
+        .header(
+            "x-hub-signature-256",
+            ctwa_leads::webhook::verify::sign(APP_SECRET, &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .expect("delivered");
+    assert_eq!(res.status(), 200);
+    // The destination has the request; its answer never comes; the service dies.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.lock().expect("ids").is_empty() {
+        assert!(Instant::now() < deadline, "the lead was never sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill().expect("SIGKILL");
+    server.wait().expect("reaped");
+    let mut server = start(&config);
+    wait_ready(&client, port).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while seen.lock().expect("ids").len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "not sent again after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Recorded as delivered, once, and not sent a third time.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list: serde_json::Value = client
+            .get(format!("http://127.0.0.1:{port}/v1/deliveries"))
+            .bearer_auth(helpers::API_TOKEN)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        if list["data"][0]["status"] == "succeeded" {
+            assert_eq!(list["data"].as_array().map(Vec::len), Some(1));
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recorded: {list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.kill().expect("SIGKILL");
+    let _ = server.wait();
+    let ids = seen.lock().expect("ids").clone();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids[0].starts_with("msg_"), "{ids:?}");
+    assert_eq!(ids[0], ids[1], "the re-send carries a new webhook-id");
 }

@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod forward;
 pub mod sources;
+
+pub use forward::{Destination, ForwardingSettings, LeadFilters};
 
 use figment::providers::{Format, Toml};
 use figment::Figment;
@@ -103,6 +106,8 @@ pub struct Settings {
     pub retention: RetentionSettings,
     pub log: LogSettings,
     pub metrics: MetricsSettings,
+    /// `[[forward]]` destinations and the `[forwarding]` retry schedule.
+    pub forwarding: ForwardingSettings,
     /// `CTWA_*` environment names that are not configuration (logged at debug on start-up).
     pub ignored_env: Vec<String>,
 }
@@ -358,6 +363,10 @@ struct RawSettings {
     log: LogSettings,
     #[serde(default)]
     metrics: MetricsSettings,
+    #[serde(default)]
+    forward: Vec<forward::RawDestination>,
+    #[serde(default)]
+    forwarding: forward::RawForwarding,
 }
 
 /// A string, or a number written without quotes (`verify_token = 12345` in the file); its
@@ -597,6 +606,7 @@ impl Settings {
                 "ingest.projection_batch and ingest.max_projection_lag must be above 0".into(),
             ));
         }
+        let forwarding = forward::settings(raw.forward, raw.forwarding)?;
         let mut server = raw.server;
         if let Some(url) = server.public_url.take() {
             let trimmed = url.trim().trim_end_matches('/').to_owned();
@@ -629,6 +639,7 @@ impl Settings {
             retention: raw.retention,
             log: raw.log,
             metrics: raw.metrics,
+            forwarding,
             ignored_env: Vec::new(),
         })
     }

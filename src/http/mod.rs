@@ -58,6 +58,7 @@ pub fn router(state: AppState) -> Router {
     let (v1, v1_doc) = OpenApiRouter::new()
         .merge(crate::leads::api::router())
         .merge(crate::leads::erasure::router())
+        .merge(crate::forward::api::router())
         .merge(crate::graph::router())
         .split_for_parts();
     doc.merge(v1_doc);

@@ -29,11 +29,19 @@ impl Store {
             let mut log = open_connection(&log_path, durability)?;
             let raw_deliveries = erase_raw(&mut log, &id)?;
             log.close().map_err(|(_, err)| err)?;
-            let leads = open_connection(&path, durability)?;
-            let removed = leads.execute(
+            let mut leads = open_connection(&path, durability)?;
+            // Their forwarding deliveries go with the leads (none exists without its lead).
+            let tx = leads.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute(
+                "DELETE FROM deliveries WHERE lead_id IN \
+                 (SELECT id FROM leads WHERE wa_id = ?1 OR user_id = ?1)",
+                params![id],
+            )?;
+            let removed = tx.execute(
                 "DELETE FROM leads WHERE wa_id = ?1 OR user_id = ?1",
                 params![id],
             )? as u64;
+            tx.commit()?;
             leads.close().map_err(|(_, err)| err)?;
             Ok(Erased {
                 leads: removed,

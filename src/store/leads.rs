@@ -37,7 +37,8 @@ pub struct LeadRow {
     pub welcome_message: Option<String>,
 }
 
-const COLUMNS: &str = "id, wamid, waba_id, phone_number_id, display_phone_number, wa_id, user_id, \
+pub(super) const COLUMNS: &str =
+    "id, wamid, waba_id, phone_number_id, display_phone_number, wa_id, user_id, \
     profile_name, message_type, text, timestamp, received_at, source_url, source_id, \
     source_type, headline, body, media_type, image_url, video_url, thumbnail_url, ctwa_clid, \
     ref, welcome_message";

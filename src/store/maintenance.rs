@@ -37,6 +37,7 @@ pub struct ReextractReport {
 /// Idempotent: a lead already stored (same `wamid`) is left alone.
 pub async fn reextract(
     settings: &DatabaseSettings,
+    routes: super::outbox::Routes,
     since_ms: Option<i64>,
 ) -> Result<ReextractReport, StoreError> {
     let files = super::migrate_schema(settings).await?;
@@ -44,7 +45,7 @@ pub async fn reextract(
     super::blocking(move || {
         let mut leads = open_connection(&files.leads, durability)?;
         let log = open_connection(&files.log, durability)?;
-        let report = reextract_blocking(&log, &mut leads, since_ms)?;
+        let report = reextract_blocking(&log, &mut leads, &routes, since_ms)?;
         leads.close().map_err(|(_, err)| err)?;
         log.close().map_err(|(_, err)| err)?;
         Ok(report)
@@ -55,6 +56,7 @@ pub async fn reextract(
 fn reextract_blocking(
     log: &Connection,
     leads: &mut Connection,
+    routes: &super::outbox::Routes,
     since_ms: Option<i64>,
 ) -> rusqlite::Result<ReextractReport> {
     let mut report = ReextractReport::default();
@@ -92,7 +94,7 @@ fn reextract_blocking(
             };
             let extracted = extract(&raw);
             let rows = extracted.leads.iter().map(|lead| (id, received_at, lead));
-            report.new_leads += insert_leads(&tx, rows)?;
+            report.new_leads += insert_leads(&tx, rows, routes)?.leads;
             if status_from_code(status) != extracted.status {
                 restatus.push((id, extracted.status, extracted.leads.len()));
             }

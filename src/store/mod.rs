@@ -13,6 +13,7 @@ pub mod erasure;
 pub mod leads;
 pub mod log;
 pub mod maintenance;
+pub mod outbox;
 pub mod projector;
 pub mod writer;
 
@@ -67,6 +68,11 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     read: SqlitePool,
+    /// Writes to the leads database outside the projector (the outbox's attempts, retries and
+    /// replays): one connection, so they queue here instead of contending among themselves.
+    write: SqlitePool,
+    /// Wakes the forwarding workers.
+    wake: outbox::Wake,
     /// For work outside the ingest writer and the projector (erasure), on connections of its own.
     path: PathBuf,
     log_path: PathBuf,
@@ -258,6 +264,7 @@ pub async fn open(
     settings: &DatabaseSettings,
     ingest: &IngestSettings,
     retention: &RetentionSettings,
+    routes: outbox::Routes,
 ) -> Result<(Store, WriterTask), StoreError> {
     let Files {
         leads: path,
@@ -269,12 +276,20 @@ pub async fn open(
         .pragma("cache_size", "-2000")
         .create_if_missing(false)
         .pragma("query_only", "ON");
+    let write_options = options.clone().create_if_missing(false);
     let read = SqlitePoolOptions::new()
         .max_connections(settings.read_connections.max(1))
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(read_options)
         .await?;
+    let write = SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(write_options)
+        .await?;
+    let wake = outbox::Wake::default();
     let log_options = connect_options(&log_path, settings.synchronous);
     let healthy = Arc::new(AtomicBool::new(true));
     let progress = Arc::new(Progress::default());
@@ -315,13 +330,16 @@ pub async fn open(
         progress.clone(),
         projector_stop.clone(),
     )?
-    .with_pace(Duration::from_millis(ingest.projection_pace_ms));
+    .with_pace(Duration::from_millis(ingest.projection_pace_ms))
+    .with_routes(routes, wake.clone());
     let projector = std::thread::Builder::new()
         .name("projector".into())
         .spawn(move || projector.run())?;
     Ok((
         Store {
             read,
+            write,
+            wake,
             path,
             log_path,
             durability,
@@ -432,8 +450,19 @@ impl Store {
         &self.read
     }
 
-    /// Closes the read pool; the writer closes its own connection when its queue ends.
+    /// The one connection for writes outside the projector (the outbox).
+    pub fn write_pool(&self) -> &SqlitePool {
+        &self.write
+    }
+
+    /// Wakes the forwarding workers (deliveries became due).
+    pub fn outbox_wake(&self) -> &outbox::Wake {
+        &self.wake
+    }
+
+    /// Closes the pools; the writer closes its own connection when its queue ends.
     pub async fn close(&self) {
+        self.write.close().await;
         self.read.close().await;
     }
 }

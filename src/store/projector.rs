@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::log::{Handed, Progress, Unpacker};
+use super::outbox::{enqueue, Routes, Wake};
 use super::writer::open_connection;
 use crate::config::Durability;
 use crate::leads::extract::{extract, NewLead};
@@ -30,12 +31,23 @@ const FULL_ROUND: u64 = 1024;
 /// Leads one projection transaction takes on, at most (it may exceed this by one entry).
 const MAX_LEADS_PER_ROUND: u64 = 8192;
 
-/// Inserts `(event_id, received_at_ms, lead)` rows, skipping wamids already stored. Runs inside
-/// the caller's transaction; returns how many leads were new.
+/// What one `insert_leads` wrote.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Inserted {
+    pub leads: u64,
+    /// Outbox rows: one per new lead and matching destination.
+    pub deliveries: u64,
+}
+
+/// Inserts `(event_id, received_at_ms, lead)` rows, skipping wamids already stored, and
+/// enqueues each new lead for its destinations (`routes`). Runs inside the caller's
+/// transaction, so a lead and its deliveries commit together or not at all.
 pub(super) fn insert_leads<'a>(
     conn: &Connection,
     leads: impl IntoIterator<Item = (i64, i64, &'a NewLead)>,
-) -> rusqlite::Result<u64> {
+    routes: &Routes,
+) -> rusqlite::Result<Inserted> {
+    let now_ms = chrono::Utc::now().timestamp_millis();
     let mut insert = conn.prepare_cached(
         "INSERT INTO leads (wamid, event_id, received_at, waba_id, phone_number_id, \
          display_phone_number, wa_id, user_id, profile_name, message_type, text, timestamp, \
@@ -45,10 +57,10 @@ pub(super) fn insert_leads<'a>(
          ?18, ?19, ?20, ?21, ?22, ?23, ?24) \
          ON CONFLICT (wamid) DO NOTHING",
     )?;
-    let mut inserted = 0;
+    let mut inserted = Inserted::default();
     for (event_id, received_at, lead) in leads {
         let r = &lead.referral;
-        inserted += insert.execute(params![
+        let new = insert.execute(params![
             lead.wamid,
             event_id,
             received_at,
@@ -74,6 +86,10 @@ pub(super) fn insert_leads<'a>(
             r.ref_,
             r.welcome_message,
         ])? as u64;
+        inserted.leads += new;
+        if new == 1 && !routes.is_empty() {
+            inserted.deliveries += enqueue(conn, conn.last_insert_rowid(), lead, routes, now_ms)?;
+        }
     }
     Ok(inserted)
 }
@@ -117,6 +133,8 @@ pub(super) struct Projector {
     last_lag_log: Instant,
     unpacker: Unpacker,
     pace: Duration,
+    routes: Routes,
+    wake: Wake,
 }
 
 impl Projector {
@@ -143,12 +161,21 @@ impl Projector {
             last_lag_log: Instant::now(),
             unpacker: Unpacker::new(),
             pace: Duration::ZERO,
+            routes: Routes::default(),
+            wake: Wake::default(),
         })
     }
 
     /// How long a few pending entries may wait for more before they are projected.
     pub(super) fn with_pace(mut self, pace: Duration) -> Self {
         self.pace = pace;
+        self
+    }
+
+    /// Where new leads are forwarded, and whom to wake when they are enqueued.
+    pub(super) fn with_routes(mut self, routes: Routes, wake: Wake) -> Self {
+        self.routes = routes;
+        self.wake = wake;
         self
     }
 
@@ -326,29 +353,49 @@ impl Projector {
                 .store(first.received_at, Ordering::Release);
         }
         let started = Instant::now();
-        let (_, leads) = self.connections()?;
-        let tx = leads.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut created = 0;
-        let mut duplicates = 0;
-        for entry in &round {
-            let rows = entry
-                .leads
-                .iter()
-                .map(|lead| (entry.id, entry.received_at, lead));
-            let new = insert_leads(&tx, rows)?;
-            created += new;
-            if new == 0 && !entry.leads.is_empty() {
-                duplicates += 1;
-            }
+        let routes = std::mem::take(&mut self.routes);
+        let result = self.commit_leads(&round, mark, &routes);
+        self.routes = routes;
+        let (created, enqueued, duplicates) = result?;
+        if enqueued > 0 {
+            self.wake.notify();
         }
-        set_watermark(&tx, mark)?;
-        tx.commit()?;
         self.watermark = mark;
         self.progress.projected.store(mark, Ordering::Release);
         crate::monitor::leads_created(created);
         crate::monitor::deliveries(crate::monitor::Outcome::Duplicate, duplicates);
         crate::monitor::projection_batch(round.len(), started.elapsed());
         Ok(round.len())
+    }
+
+    /// The transaction of a round: its leads, their deliveries, the watermark. Returns leads
+    /// created, deliveries enqueued and entries that held only duplicates.
+    fn commit_leads(
+        &mut self,
+        round: &[Handed],
+        mark: i64,
+        routes: &Routes,
+    ) -> rusqlite::Result<(u64, u64, u64)> {
+        let (_, leads) = self.connections()?;
+        let tx = leads.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut created = 0;
+        let mut enqueued = 0;
+        let mut duplicates = 0;
+        for entry in round {
+            let rows = entry
+                .leads
+                .iter()
+                .map(|lead| (entry.id, entry.received_at, lead));
+            let new = insert_leads(&tx, rows, routes)?;
+            created += new.leads;
+            enqueued += new.deliveries;
+            if new.leads == 0 && !entry.leads.is_empty() {
+                duplicates += 1;
+            }
+        }
+        set_watermark(&tx, mark)?;
+        tx.commit()?;
+        Ok((created, enqueued, duplicates))
     }
 
     fn record_watermark(&mut self, id: i64) -> rusqlite::Result<()> {

@@ -25,6 +25,8 @@ pub const VERIFY_TOKEN: &str = "test-verify-token";
 pub const API_TOKEN: &str = "test-api-token";
 pub const GRAPH_TOKEN: &str = "test-graph-token";
 pub const WABA_ID: &str = "102290129340398";
+/// A forwarding destination's Standard Webhooks secret (the key is 32 bytes of 0x2a).
+pub const FORWARD_SECRET: &str = "whsec_KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
 
 pub struct TestApp {
     pub addr: String,
@@ -67,6 +69,26 @@ pub fn settings(db: &std::path::Path, graph_url: &str) -> Settings {
 }
 
 /// A port free on loopback right now, for a server process a test starts.
+/// The `[[forward]]` / `[forwarding]` part of a config, parsed as the service would.
+pub fn forwarding(snippet: &str) -> ctwa_leads::config::ForwardingSettings {
+    let toml = format!(
+        r#"
+        [webhook]
+        verify_token = "v"
+        app_secrets = ["s"]
+        [api]
+        token = "t"
+        [graph]
+        access_token = "g"
+        waba_id = "1"
+        {snippet}
+        "#
+    );
+    Settings::from_toml(&toml)
+        .expect("the forwarding snippet is valid")
+        .forwarding
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -180,6 +202,8 @@ pub const NEVER_LOGGED: &[&str] = &[
     ROTATED_SECRET,
     API_TOKEN,
     GRAPH_TOKEN,
+    FORWARD_SECRET,
+    "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio",
     "Hi, is this still available?",
     "hub.verify_token",
 ];
@@ -253,11 +277,47 @@ impl TestApp {
     }
 
     /// Stops, then starts a new instance on the same database.
-    pub async fn restart(mut self) -> TestApp {
+    pub async fn restart(self) -> TestApp {
+        self.restart_with(|_| {}).await
+    }
+
+    /// Stops, then starts a new instance on the same database with `tweak`ed settings.
+    pub async fn restart_with(mut self, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         self.stop().await;
         let dir = self.dir.clone();
         let graph = MockServer::start().await;
-        spawn_in(dir, graph, |_| {}).await
+        spawn_in(dir, graph, tweak).await
+    }
+
+    /// An authorized `/v1` POST without a body.
+    pub async fn post(&self, path: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Polls `GET path` until `done` holds for its JSON (or panics after `secs`).
+    pub async fn wait_for_json(
+        &self,
+        path: &str,
+        secs: u64,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let v = self.get_json(path).await;
+            if done(&v) {
+                return v;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{path} never got there: {v}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

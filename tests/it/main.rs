@@ -2,6 +2,7 @@
 //! Graph. One binary with modules, so the suite links once.
 
 mod faults;
+mod forward;
 mod graph;
 mod hardening;
 mod helpers;

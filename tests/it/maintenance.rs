@@ -30,9 +30,13 @@ async fn reextract_recovers_leads_from_deliveries_that_failed_to_parse_and_is_id
     assert_eq!(app.deliver(&one_lead("wamid.lost1")).await.status(), 200);
 
     let settings = settings(&db_path(&app.dir), "http://unused");
-    let report = ctwa_leads::store::maintenance::reextract(&settings.database, None)
-        .await
-        .unwrap();
+    let report = ctwa_leads::store::maintenance::reextract(
+        &settings.database,
+        ctwa_leads::store::outbox::Routes::new(&settings.forwarding),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(report.events, 2);
     assert_eq!(report.new_leads, 1, "only wamid.lost2 was missing");
     assert_eq!(report.restatused, 1);
@@ -48,17 +52,24 @@ async fn reextract_recovers_leads_from_deliveries_that_failed_to_parse_and_is_id
         .unwrap();
     assert_eq!(status, 0, "re-flagged parsed");
 
-    let again = ctwa_leads::store::maintenance::reextract(&settings.database, None)
-        .await
-        .unwrap();
+    let again = ctwa_leads::store::maintenance::reextract(
+        &settings.database,
+        ctwa_leads::store::outbox::Routes::new(&settings.forwarding),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(again.new_leads, 0);
     assert_eq!(again.restatused, 0);
     assert_eq!(app.lead_count().await, 2);
     // --since skips older deliveries.
-    let since =
-        ctwa_leads::store::maintenance::reextract(&settings.database, Some(1_800_000_000_000))
-            .await
-            .unwrap();
+    let since = ctwa_leads::store::maintenance::reextract(
+        &settings.database,
+        ctwa_leads::store::outbox::Routes::new(&settings.forwarding),
+        Some(1_800_000_000_000),
+    )
+    .await
+    .unwrap();
     assert_eq!(since.events, 0);
     // Ingest still works after rows it did not write appeared in its table.
     assert_eq!(app.deliver(&one_lead("wamid.after")).await.status(), 200);

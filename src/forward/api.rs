@@ -1,0 +1,361 @@
+//! `/v1/deliveries` and `/v1/forward/{destination}/replay`: what forwarding did (attempts, last
+//! status code, last error, next attempt), a failed delivery made due again, and every lead in
+//! a time range enqueued again (new webhook ids) for a destination that was down too long or
+//! was added later.
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+use crate::http::error::{ApiError, ErrorEnvelope};
+use crate::http::query::Params;
+use crate::leads::api::{Cursors, Paging};
+use crate::store::outbox::{self, DeliveryFilter, DeliveryRow};
+
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 500;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_deliveries))
+        .routes(routes!(get_delivery))
+        .routes(routes!(retry_delivery))
+        .routes(routes!(replay))
+}
+
+/// One lead's delivery to one destination.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Delivery {
+    pub id: i64,
+    /// The `webhook-id` header: the same on every attempt (the receiver's idempotency key).
+    pub webhook_id: String,
+    pub destination: String,
+    pub lead_id: i64,
+    /// `pending`, `succeeded` or `failed`.
+    pub status: String,
+    pub attempts: i64,
+    /// The HTTP status of the last attempt, if it got an answer.
+    pub last_status_code: Option<i64>,
+    pub last_error: Option<String>,
+    /// When the next attempt is due (pending only), RFC 3339 UTC.
+    pub next_attempt_at: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+fn rfc3339(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+impl From<DeliveryRow> for Delivery {
+    fn from(r: DeliveryRow) -> Self {
+        Delivery {
+            id: r.id,
+            webhook_id: r.webhook_id,
+            destination: r.destination,
+            lead_id: r.lead_id,
+            next_attempt_at: (r.status == "pending")
+                .then_some(r.next_attempt_at)
+                .flatten()
+                .map(rfc3339),
+            status: r.status,
+            attempts: r.attempts,
+            last_status_code: r.last_status_code,
+            last_error: r.last_error,
+            created_at: rfc3339(r.created_at),
+            updated_at: rfc3339(r.updated_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryPage {
+    pub data: Vec<Delivery>,
+    pub paging: Paging,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveryParams {
+    /// A destination's name.
+    destination: Option<String>,
+    /// `pending`, `failed` or `succeeded`.
+    #[param(pattern = "^(pending|failed|succeeded)$")]
+    status: Option<String>,
+    /// The lead's id.
+    #[param(value_type = Option<i64>, minimum = 1)]
+    lead_id: Option<String>,
+    /// Deliveries per page, 1 to 500 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
+    limit: Option<String>,
+    /// The cursor from the previous page's `paging.cursors.after`.
+    #[param(pattern = r"^[0-9]{1,18}$")]
+    after: Option<String>,
+}
+
+fn store_error(err: sqlx::Error) -> ApiError {
+    ApiError::unavailable("the database did not answer, retry later", err)
+}
+
+/// A whole number of at least `min`.
+fn number(name: &str, value: &str, min: i64) -> Result<i64, ApiError> {
+    value
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= min)
+        .ok_or_else(|| ApiError::bad_request(format!("{name}: expected a whole number from {min}")))
+}
+
+/// Lists deliveries, newest first, with filters and cursor paging.
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries",
+    tag = "forwarding",
+    security(("bearer" = [])),
+    params(DeliveryParams),
+    responses(
+        (status = 200, body = DeliveryPage),
+        (status = 400, description = "A bad filter, limit or cursor", body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+    )
+)]
+async fn list_deliveries(
+    State(state): State<AppState>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Json<DeliveryPage>, ApiError> {
+    params.only(&["destination", "status", "lead_id", "limit", "after"])?;
+    let p: DeliveryParams = params.to()?;
+    if let Some(s) = &p.status {
+        if !matches!(s.as_str(), "pending" | "failed" | "succeeded") {
+            return Err(ApiError::bad_request(
+                "status: expected pending, failed or succeeded",
+            ));
+        }
+    }
+    let limit = match p.limit.as_deref() {
+        None => DEFAULT_LIMIT,
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "limit: expected a whole number from 1 to {MAX_LIMIT}"
+                ))
+            })?,
+    };
+    let filter = DeliveryFilter {
+        destination: p.destination,
+        status: p.status,
+        lead_id: p
+            .lead_id
+            .as_deref()
+            .map(|v| number("lead_id", v, 1))
+            .transpose()?,
+    };
+    let before = p
+        .after
+        .as_deref()
+        .map(|v| number("after", v, 0))
+        .transpose()
+        .map_err(|_| ApiError::bad_request("after: not a cursor from a previous page"))?;
+    let mut rows = outbox::page(state.store().read_pool(), &filter, before, limit + 1)
+        .await
+        .map_err(store_error)?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let after = more
+        .then(|| rows.last().map(|r| r.id.to_string()))
+        .flatten();
+    let next = after.as_deref().map(|a| {
+        state
+            .links()
+            .page(&headers, uri.path(), &params, ("after", a))
+    });
+    Ok(Json(DeliveryPage {
+        data: rows.into_iter().map(Delivery::from).collect(),
+        paging: Paging {
+            cursors: Cursors { after },
+            next,
+        },
+    }))
+}
+
+fn delivery_id(id: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
+    let Path(id) = id?;
+    id.parse::<i64>()
+        .map_err(|_| ApiError::not_found(format!("no delivery with id {id}")))
+}
+
+/// One delivery by id.
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries/{id}",
+    tag = "forwarding",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "The delivery's id")),
+    responses(
+        (status = 200, body = Delivery),
+        (status = 404, body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+    )
+)]
+async fn get_delivery(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    params: Params,
+) -> Result<Json<Delivery>, ApiError> {
+    params.only(&[])?;
+    let id = delivery_id(id)?;
+    outbox::by_id(state.store().read_pool(), id)
+        .await
+        .map_err(store_error)?
+        .map(|row| Json(Delivery::from(row)))
+        .ok_or_else(|| ApiError::not_found(format!("no delivery with id {id}")))
+}
+
+/// Makes a delivery due now. A failed one gets one more attempt (if that fails too, it is
+/// failed again); a pending one is sent without waiting for its scheduled time.
+#[utoipa::path(
+    post,
+    path = "/v1/deliveries/{id}/retry",
+    tag = "forwarding",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "The delivery's id")),
+    responses(
+        (status = 200, description = "The delivery, pending and due now", body = Delivery),
+        (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "Already delivered (replay sends a lead again), or its destination is disabled", body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+    )
+)]
+async fn retry_delivery(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    params: Params,
+) -> Result<Json<Delivery>, ApiError> {
+    params.only(&[])?;
+    let id = delivery_id(id)?;
+    let not_found = || ApiError::not_found(format!("no delivery with id {id}"));
+    let row = outbox::by_id(state.store().read_pool(), id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(not_found)?;
+    if row.status == "succeeded" {
+        return Err(ApiError::client(
+            StatusCode::CONFLICT,
+            "already_delivered",
+            "this delivery succeeded; to send its lead again, replay the destination",
+        ));
+    }
+    crate::forward::usable(state.forwarding(), &row.destination)
+        .map_err(|why| ApiError::client(StatusCode::CONFLICT, "destination_unavailable", why))?;
+    let last_step = state.forwarding().schedule.len().saturating_sub(1) as i64;
+    let now = Utc::now().timestamp_millis();
+    let row = outbox::retry(state.store().write_pool(), id, now, last_step)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| {
+            ApiError::client(
+                StatusCode::CONFLICT,
+                "already_delivered",
+                "this delivery succeeded meanwhile",
+            )
+        })?;
+    state.store().outbox_wake().notify();
+    Ok(Json(Delivery::from(row)))
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReplayParams {
+    /// Leads received at or after: RFC 3339 (or unix seconds). Default: the first.
+    #[param(value_type = Option<String>, format = DateTime)]
+    since: Option<String>,
+    /// Leads received at or before: RFC 3339 (or unix seconds). Default: now.
+    #[param(value_type = Option<String>, format = DateTime)]
+    until: Option<String>,
+}
+
+/// What a replay enqueued.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Replayed {
+    pub destination: String,
+    /// New deliveries: every lead in the range that matches the destination's filters.
+    pub enqueued: u64,
+}
+
+/// Enqueues every lead received in the range (and matching the destination's filters) again,
+/// as new deliveries with new webhook ids, in lead order.
+#[utoipa::path(
+    post,
+    path = "/v1/forward/{destination}/replay",
+    tag = "forwarding",
+    security(("bearer" = [])),
+    params(("destination" = String, Path, description = "The destination's name"), ReplayParams),
+    responses(
+        (status = 202, description = "Enqueued; GET /v1/deliveries shows them go", body = Replayed),
+        (status = 400, description = "A bad time", body = ErrorEnvelope),
+        (status = 404, description = "No such destination", body = ErrorEnvelope),
+        (status = 409, description = "The destination is disabled", body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+    )
+)]
+async fn replay(
+    State(state): State<AppState>,
+    destination: Result<Path<String>, PathRejection>,
+    params: Params,
+) -> Result<(StatusCode, Json<Replayed>), ApiError> {
+    let Path(name) = destination?;
+    params.only(&["since", "until"])?;
+    let p: ReplayParams = params.to()?;
+    let time = |what: &str, v: &str| {
+        crate::leads::parse_time(v).map_err(|why| ApiError::bad_request(format!("{what}: {why}")))
+    };
+    let since = p.since.as_deref().map(|v| time("since", v)).transpose()?;
+    let until = p.until.as_deref().map(|v| time("until", v)).transpose()?;
+    let forwarding = state.forwarding();
+    let Some(found) = forwarding.destination(&name) else {
+        return Err(ApiError::not_found(format!(
+            "no forwarding destination named {name:?}"
+        )));
+    };
+    crate::forward::usable(forwarding, &name)
+        .map_err(|why| ApiError::client(StatusCode::CONFLICT, "destination_unavailable", why))?;
+    let now = Utc::now().timestamp_millis();
+    let first_delay = forwarding
+        .schedule
+        .first()
+        .map_or(0, |d| d.as_millis() as i64);
+    let enqueued = outbox::replay(
+        state.store().write_pool(),
+        &name,
+        &found.settings.filters,
+        since.unwrap_or(i64::MIN),
+        until.unwrap_or(now),
+        now + first_delay,
+        now,
+    )
+    .await
+    .map_err(store_error)?;
+    state.store().outbox_wake().notify();
+    tracing::info!(destination = %name, enqueued, "forwarding replay enqueued");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Replayed {
+            destination: name,
+            enqueued,
+        }),
+    ))
+}

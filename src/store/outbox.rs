@@ -1,0 +1,403 @@
+//! The forwarding outbox, in the leads database. The projector writes one delivery per
+//! (new lead, matching destination) in the transaction that creates the lead ([`enqueue`]);
+//! each destination's worker takes due ones in order ([`due`]), and records how each attempt
+//! went in batches ([`record`]); the API lists, retries and replays them. A delivery's
+//! `webhook_id` never changes, so a send repeated after a crash carries the same id.
+
+use std::sync::Arc;
+
+use rusqlite::{params, Connection};
+use sqlx::{FromRow, QueryBuilder, Sqlite, SqlitePool};
+
+use super::leads::{LeadRow, COLUMNS};
+use crate::config::{ForwardingSettings, LeadFilters};
+use crate::leads::extract::NewLead;
+
+/// Where the projector enqueues a new lead: every enabled destination whose filters match.
+#[derive(Debug, Clone, Default)]
+pub struct Routes {
+    routes: Vec<(String, LeadFilters)>,
+    /// Delay of the first attempt (the schedule's first entry), in ms.
+    first_delay_ms: i64,
+}
+
+impl Routes {
+    pub fn new(settings: &ForwardingSettings) -> Self {
+        Self {
+            routes: settings
+                .destinations
+                .iter()
+                .filter(|d| d.enabled)
+                .map(|d| (d.name.clone(), d.filters.clone()))
+                .collect(),
+            first_delay_ms: settings
+                .retry_schedule
+                .first()
+                .map_or(0, |d| d.as_millis() as i64),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+/// Wakes the destination workers when deliveries become due (new leads, retry, replay).
+#[derive(Debug, Clone)]
+pub struct Wake(Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Default for Wake {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::channel(0).0))
+    }
+}
+
+impl Wake {
+    pub fn notify(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
+/// Enqueues `lead` (just inserted as `lead_id`) for every matching destination; runs inside
+/// the projector's transaction. Returns how many deliveries it wrote.
+pub(super) fn enqueue(
+    conn: &Connection,
+    lead_id: i64,
+    lead: &NewLead,
+    routes: &Routes,
+    now_ms: i64,
+) -> rusqlite::Result<u64> {
+    let r = &lead.referral;
+    let mut written = 0;
+    for (name, filters) in &routes.routes {
+        if !filters.matches(
+            r.source_id.as_deref(),
+            r.ref_.as_deref(),
+            r.source_type.as_deref(),
+        ) {
+            continue;
+        }
+        conn.prepare_cached(
+            "INSERT INTO deliveries (destination, lead_id, next_attempt_at, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?4)",
+        )?
+        .execute(params![name, lead_id, now_ms + routes.first_delay_ms, now_ms])?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+/// A delivery due to be sent, with its lead.
+#[derive(Debug, Clone, FromRow)]
+pub struct Due {
+    pub delivery_id: i64,
+    pub webhook_id: String,
+    pub attempts: i64,
+    pub step: i64,
+    /// When the delivery was created (the event's timestamp), unix ms.
+    pub queued_at: i64,
+    #[sqlx(flatten)]
+    pub lead: LeadRow,
+}
+
+fn lead_columns() -> &'static str {
+    static PREFIXED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PREFIXED.get_or_init(|| {
+        COLUMNS
+            .split(',')
+            .map(|c| format!("l.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+}
+
+/// Up to `limit` pending deliveries to `destination` due by `now_ms`, oldest due first (for
+/// first attempts, that is lead order).
+pub async fn due(
+    pool: &SqlitePool,
+    destination: &str,
+    now_ms: i64,
+    limit: usize,
+) -> Result<Vec<Due>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT d.id AS delivery_id, d.webhook_id, d.attempts, d.step, d.created_at AS queued_at, \
+         {} FROM deliveries d JOIN leads l ON l.id = d.lead_id \
+         WHERE d.destination = ? AND d.status = 'pending' AND d.next_attempt_at <= ? \
+         ORDER BY d.next_attempt_at, d.id LIMIT ?",
+        lead_columns()
+    ))
+    .bind(destination)
+    .bind(now_ms)
+    .bind(limit as i64)
+    .fetch_all(pool)
+    .await
+}
+
+/// When the next pending delivery to `destination` after `now_ms` falls due, if any.
+pub async fn next_due(
+    pool: &SqlitePool,
+    destination: &str,
+    now_ms: i64,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT next_attempt_at FROM deliveries \
+         WHERE destination = ? AND status = 'pending' AND next_attempt_at > ? \
+         ORDER BY next_attempt_at LIMIT 1",
+    )
+    .bind(destination)
+    .bind(now_ms)
+    .fetch_optional(pool)
+    .await
+}
+
+/// What an attempt decided for its delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mark {
+    Succeeded {
+        code: u16,
+    },
+    /// Try again at `at_ms`, at schedule position `step`.
+    Retry {
+        code: Option<u16>,
+        error: String,
+        at_ms: i64,
+        step: i64,
+    },
+    /// The schedule is exhausted.
+    Failed {
+        code: Option<u16>,
+        error: String,
+    },
+    /// Not delivered, and not to be retried until the destination is enabled again (410):
+    /// stays pending, due at once after a restart.
+    Held {
+        code: u16,
+        error: String,
+    },
+}
+
+/// One finished attempt.
+#[derive(Debug, Clone)]
+pub struct Attempted {
+    pub delivery_id: i64,
+    pub mark: Mark,
+}
+
+/// Records finished attempts in one transaction.
+pub async fn record(pool: &SqlitePool, done: &[Attempted], now_ms: i64) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for a in done {
+        let (status, code, error, next, step): (
+            &str,
+            Option<u16>,
+            Option<&str>,
+            Option<i64>,
+            Option<i64>,
+        ) = match &a.mark {
+            Mark::Succeeded { code } => ("succeeded", Some(*code), None, None, None),
+            Mark::Retry {
+                code,
+                error,
+                at_ms,
+                step,
+            } => ("pending", *code, Some(error), Some(*at_ms), Some(*step)),
+            Mark::Failed { code, error } => ("failed", *code, Some(error), None, None),
+            Mark::Held { code, error } => ("pending", Some(*code), Some(error), Some(now_ms), None),
+        };
+        sqlx::query(
+            "UPDATE deliveries SET status = ?, attempts = attempts + 1, last_status_code = ?, \
+             last_error = ?, next_attempt_at = ?, step = COALESCE(?, step), updated_at = ? \
+             WHERE id = ?",
+        )
+        .bind(status)
+        .bind(code.map(i64::from))
+        .bind(error)
+        .bind(next)
+        .bind(step)
+        .bind(now_ms)
+        .bind(a.delivery_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+/// A delivery as the API shows it.
+#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
+pub struct DeliveryRow {
+    pub id: i64,
+    pub webhook_id: String,
+    pub destination: String,
+    pub lead_id: i64,
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: Option<i64>,
+    pub last_status_code: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const DELIVERY_COLUMNS: &str = "id, webhook_id, destination, lead_id, status, attempts, \
+    next_attempt_at, last_status_code, last_error, created_at, updated_at";
+
+/// Filters of `GET /v1/deliveries`; set ones combine (AND).
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub destination: Option<String>,
+    pub status: Option<String>,
+    pub lead_id: Option<i64>,
+}
+
+/// One page, newest first: at most `limit` deliveries with ids below `before`.
+pub async fn page(
+    pool: &SqlitePool,
+    filter: &DeliveryFilter,
+    before: Option<i64>,
+    limit: u32,
+) -> Result<Vec<DeliveryRow>, sqlx::Error> {
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE 1 = 1"
+    ));
+    if let Some(d) = &filter.destination {
+        q.push(" AND destination = ").push_bind(d.as_str());
+    }
+    if let Some(s) = &filter.status {
+        q.push(" AND status = ").push_bind(s.as_str());
+    }
+    if let Some(l) = filter.lead_id {
+        q.push(" AND lead_id = ").push_bind(l);
+    }
+    if let Some(b) = before {
+        q.push(" AND id < ").push_bind(b);
+    }
+    q.push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(limit));
+    q.build_query_as().fetch_all(pool).await
+}
+
+pub async fn by_id(pool: &SqlitePool, id: i64) -> Result<Option<DeliveryRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Makes a pending or failed delivery due at `now_ms`. A failed one gets one more attempt
+/// (its schedule position becomes `last_step`); returns the row after the change, or `None`
+/// when it was not pending or failed.
+pub async fn retry(
+    pool: &SqlitePool,
+    id: i64,
+    now_ms: i64,
+    last_step: i64,
+) -> Result<Option<DeliveryRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE deliveries SET next_attempt_at = ?1, updated_at = ?1, \
+         step = CASE WHEN status = 'failed' THEN ?2 ELSE step END, status = 'pending' \
+         WHERE id = ?3 AND status IN ('pending', 'failed') RETURNING {DELIVERY_COLUMNS}"
+    ))
+    .bind(now_ms)
+    .bind(last_step)
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Leads enqueued per replay transaction: short enough not to hold the projector back.
+const REPLAY_CHUNK: i64 = 2000;
+
+/// Enqueues again, with new webhook ids, every lead received in `[since_ms, until_ms]` that
+/// matches `filters`, in lead order, a chunk per transaction. Returns how many.
+pub async fn replay(
+    pool: &SqlitePool,
+    destination: &str,
+    filters: &LeadFilters,
+    since_ms: i64,
+    until_ms: i64,
+    due_ms: i64,
+    now_ms: i64,
+) -> Result<u64, sqlx::Error> {
+    let mut after = (since_ms, i64::MIN);
+    let mut total = 0;
+    loop {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT id, received_at FROM leads WHERE (received_at, id) > (");
+        q.push_bind(after.0)
+            .push(", ")
+            .push_bind(after.1)
+            .push(") AND received_at >= ")
+            .push_bind(since_ms)
+            .push(" AND received_at <= ")
+            .push_bind(until_ms);
+        for (column, values) in [
+            ("source_id", &filters.source_id),
+            ("ref", &filters.ref_),
+            ("source_type", &filters.source_type),
+        ] {
+            if values.is_empty() {
+                continue;
+            }
+            q.push(format_args!(" AND {column} IN ("));
+            let mut list = q.separated(", ");
+            for v in values {
+                list.push_bind(v.as_str());
+            }
+            q.push(")");
+        }
+        q.push(" ORDER BY received_at, id LIMIT ")
+            .push_bind(REPLAY_CHUNK);
+        let ids: Vec<(i64, i64)> = q.build_query_as().fetch_all(pool).await?;
+        let Some(last) = ids.last().copied() else {
+            break;
+        };
+        let mut tx = pool.begin().await?;
+        for (id, _) in &ids {
+            sqlx::query(
+                "INSERT INTO deliveries (destination, lead_id, next_attempt_at, created_at, updated_at) \
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(destination)
+            .bind(id)
+            .bind(due_ms)
+            .bind(now_ms)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        total += ids.len() as u64;
+        if (ids.len() as i64) < REPLAY_CHUNK {
+            break;
+        }
+        after = (last.1, last.0);
+    }
+    Ok(total)
+}
+
+/// A destination's backlog.
+#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
+pub struct Backlog {
+    pub destination: String,
+    pub pending: i64,
+    pub failed: i64,
+    /// When the oldest pending delivery was created, unix ms.
+    pub oldest_pending_ms: Option<i64>,
+}
+
+/// Pending and failed counts, and the oldest pending delivery, per destination that has any.
+pub async fn backlog(pool: &SqlitePool) -> Result<Vec<Backlog>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT destination, SUM(status = 'pending') AS pending, SUM(status = 'failed') AS failed, \
+         MIN(CASE WHEN status = 'pending' THEN created_at END) AS oldest_pending_ms \
+         FROM deliveries WHERE status IN ('pending', 'failed') GROUP BY destination",
+    )
+    .fetch_all(pool)
+    .await
+}
