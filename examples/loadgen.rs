@@ -62,6 +62,10 @@ struct Args {
     /// Seconds to send before measuring (not counted).
     #[arg(long, default_value_t = 0)]
     warmup: u64,
+    /// Send at most this many deliveries a second in all (spread over the connections), to hold
+    /// a sustained rate instead of the most the server takes; 0 is no limit.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
 }
 
 /// xorshift64*: enough variety for payloads, no dependency.
@@ -314,6 +318,8 @@ struct Shared {
     nonce: u64,
     deadline: Instant,
     collect: bool,
+    /// Seconds between one connection's sends, when paced.
+    interval: Option<Duration>,
 }
 
 async fn worker(conn: usize, shared: Shared) -> Outcome {
@@ -325,11 +331,19 @@ async fn worker(conn: usize, shared: Shared) -> Outcome {
         nonce,
         deadline,
         collect,
+        interval,
     } = shared;
+    let paced_from = Instant::now();
     let mut rng = Rng(nonce ^ (conn as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut out = Outcome::default();
     let mut n = 0u64;
     while Instant::now() < deadline {
+        if let Some(every) = interval {
+            let at = paced_from + every.mul_f64(n as f64);
+            if at > Instant::now() {
+                tokio::time::sleep_until(at.into()).await;
+            }
+        }
         let t = &templates[rng.below(templates.len() as u64) as usize];
         let id = format!("{nonce:x}.{conn}.{n}");
         n += 1;
@@ -414,6 +428,8 @@ async fn main() {
         prefill(&client, &url, &args.secret, args.prefill, nonce).await;
         wait_caught_up(&client, &args.url).await;
     }
+    let interval =
+        (args.rate > 0.0).then(|| Duration::from_secs_f64(args.connections as f64 / args.rate));
     if args.warmup > 0 {
         let warm = Shared {
             client: client.clone(),
@@ -423,6 +439,7 @@ async fn main() {
             nonce: nonce ^ 0x5eed,
             deadline: Instant::now() + Duration::from_secs(args.warmup),
             collect: false,
+            interval,
         };
         let tasks: Vec<_> = (0..args.connections)
             .map(|c| tokio::spawn(worker(c, warm.clone())))
@@ -444,6 +461,7 @@ async fn main() {
         nonce,
         deadline,
         collect,
+        interval,
     };
     let tasks: Vec<_> = (0..args.connections)
         .map(|c| tokio::spawn(worker(c, shared.clone())))

@@ -263,7 +263,7 @@ async fn retry_delivery(
         .map_err(|why| ApiError::client(StatusCode::CONFLICT, "destination_unavailable", why))?;
     let last_step = state.forwarding().schedule.len().saturating_sub(1) as i64;
     let now = Utc::now().timestamp_millis();
-    let row = outbox::retry(state.store().write_pool(), id, now, last_step)
+    let row = outbox::retry(state.store().write_turn().await.pool(), id, now, last_step)
         .await
         .map_err(store_error)?
         .ok_or_else(|| {
@@ -273,7 +273,7 @@ async fn retry_delivery(
                 "this delivery succeeded meanwhile",
             )
         })?;
-    state.store().outbox_wake().notify();
+    state.store().outbox_wake().rescan();
     Ok(Json(Delivery::from(row)))
 }
 
@@ -339,7 +339,7 @@ async fn replay(
         .first()
         .map_or(0, |d| d.as_millis() as i64);
     let enqueued = outbox::replay(
-        state.store().write_pool(),
+        state.store(),
         &name,
         &found.settings.filters,
         since.unwrap_or(i64::MIN),

@@ -3,12 +3,12 @@
 //! comes first: a send finishing, new deliveries, the next scheduled retry, or shutdown. Each
 //! destination has its own worker and HTTP client, so a slow or dead one never delays another.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +23,14 @@ const POLL: Duration = Duration::from_secs(1);
 /// On shutdown, how long requests in flight may take to finish; the rest stay pending and are
 /// sent again (same `webhook-id`) after the restart.
 const DRAIN: Duration = Duration::from_secs(5);
+/// Due deliveries read from the outbox at a time (kept in a buffer and sent as room frees up).
+const FETCH: usize = 512;
+/// Finished attempts are recorded in one transaction once this many are waiting…
+const RECORD_BATCH: usize = 256;
+/// …or once the oldest has waited this long (or nothing else is in flight).
+const RECORD_EVERY: Duration = Duration::from_millis(20);
+/// After a recording transaction failed, when it is tried again.
+const RECORD_RETRY: Duration = Duration::from_millis(200);
 /// How often failures that exhausted the schedule are summarised in the log, at most.
 const FAILED_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -50,32 +58,47 @@ impl Worker {
         let name = self.state.settings.name.clone();
         let max = self.state.settings.max_in_flight;
         let mut wake = self.store.outbox_wake().subscribe();
-        let mut in_flight: HashSet<i64> = HashSet::new();
+        // Every delivery this worker holds: buffered, being sent, or sent and not yet recorded.
+        // Rows the outbox still shows as pending but which are held here are never sent twice.
+        let mut held: HashSet<i64> = HashSet::new();
+        let mut buffer: VecDeque<Due> = VecDeque::new();
         let mut sends: JoinSet<Finished> = JoinSet::new();
         let mut finished: Vec<Finished> = Vec::new();
+        let mut flush_at: Option<Instant> = None;
+        // Whether the outbox may hold due rows this worker has not read yet.
+        let mut maybe_more = true;
+        // The highest delivery id read so far: new deliveries are read upward from it, cheaply.
+        // `None` (at start, and at `rescan_at`) reads everything due again, retries included.
+        let mut cursor: Option<i64> = None;
+        let mut rescan_at = Instant::now();
+        let mut rescans_seen = wake.borrow().rescans;
         let mut paused_until: Option<Instant> = None;
         let mut failing = false;
         let mut failed_since_log = 0_u64;
         let mut last_failed_log = Instant::now();
         let mut drain_deadline: Option<Instant> = None;
+        // One recording transaction at a time runs beside the sends (it may wait for its turn
+        // at the write lock behind a projector round), so sending never stops for it.
+        let mut recording: Option<JoinHandle<Recorded>> = None;
+        let mut recorded: Option<Recorded> = None;
         loop {
             while let Some(done) = sends.try_join_next() {
                 if let Ok(done) = done {
+                    flush_at.get_or_insert_with(|| Instant::now() + RECORD_EVERY);
                     finished.push(done);
                 }
             }
-            if !finished.is_empty() {
-                let marks: Vec<Attempted> = finished
-                    .iter()
-                    .map(|f| Attempted {
-                        delivery_id: f.id,
-                        mark: f.mark.clone(),
-                    })
-                    .collect();
-                match outbox::record(self.store.write_pool(), &marks, now_ms()).await {
+            if let Some((batch, result)) = recorded.take() {
+                match result {
                     Ok(()) => {
-                        for f in finished.drain(..) {
-                            in_flight.remove(&f.id);
+                        let now = now_ms();
+                        for f in batch {
+                            held.remove(&f.id);
+                            if let Mark::Retry { at_ms, .. } = f.mark {
+                                // Below the cursor: found again by a rescan at its time.
+                                let wait = Duration::from_millis((at_ms - now).max(0) as u64);
+                                rescan_at = rescan_at.min(Instant::now() + wait);
+                            }
                             self.observe(
                                 &f,
                                 &mut failing,
@@ -85,21 +108,36 @@ impl Worker {
                         }
                     }
                     Err(err) => {
-                        // Kept, and recorded on the next round; their ids stay in flight, so
-                        // they are not sent twice meanwhile.
+                        // Kept, and recorded again shortly; their ids stay held, so they are
+                        // not sent twice meanwhile.
                         tracing::warn!(destination = %name, %err, "could not record forwarding attempts; retrying");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
+                        finished.extend(batch);
+                        flush_at = Some(Instant::now() + RECORD_RETRY);
                     }
                 }
+            }
+            let stopping = drain_deadline.is_some();
+            let flush = recording.is_none()
+                && !finished.is_empty()
+                && (finished.len() >= RECORD_BATCH
+                    || sends.is_empty()
+                    || stopping
+                    || flush_at.is_some_and(|at| at <= Instant::now()));
+            if flush {
+                let batch = std::mem::take(&mut finished);
+                let store = self.store.clone();
+                flush_at = None;
+                recording = Some(tokio::spawn(async move {
+                    let result = record(&store, &batch).await.map_err(|e| e.to_string());
+                    (batch, result)
+                }));
             }
             if failed_since_log > 0 && last_failed_log.elapsed() >= FAILED_LOG_EVERY {
                 tracing::warn!(destination = %name, deliveries = failed_since_log, "forwarding deliveries failed for good (retry schedule exhausted); see GET /v1/deliveries?status=failed");
                 failed_since_log = 0;
                 last_failed_log = Instant::now();
             }
-            let stopping = drain_deadline.is_some();
-            if stopping && in_flight.is_empty() {
+            if stopping && sends.is_empty() && finished.is_empty() && recording.is_none() {
                 break;
             }
             let mut next_look = Instant::now() + POLL;
@@ -108,50 +146,108 @@ impl Worker {
             if let Some(p) = paused_until.filter(|_| paused) {
                 next_look = next_look.min(p);
             }
-            if !stopping && !gone && !paused && in_flight.len() < max {
-                let now = now_ms();
-                match outbox::due(self.store.read_pool(), &name, now, max + in_flight.len()).await {
-                    Ok(due) => {
-                        for d in due {
-                            if in_flight.len() >= max {
-                                break;
+            if gone || paused || stopping {
+                // Buffered deliveries stay pending in the outbox; they are read again later.
+                for d in buffer.drain(..) {
+                    held.remove(&d.delivery_id);
+                }
+                cursor = None;
+                maybe_more = true;
+            } else {
+                if Instant::now() >= rescan_at {
+                    cursor = None;
+                    maybe_more = true;
+                }
+                if buffer.len() < max && maybe_more {
+                    let now = now_ms();
+                    let read = match cursor {
+                        // What arrived since the last look, in lead order.
+                        Some(after) => {
+                            outbox::due_after(self.store.read_pool(), &name, after, now, FETCH)
+                                .await
+                        }
+                        // Everything due, retries included, oldest due first (skipping rows
+                        // this worker already holds).
+                        None => {
+                            rescan_at = Instant::now() + POLL;
+                            outbox::due(self.store.read_pool(), &name, now, held.len() + FETCH)
+                                .await
+                        }
+                    };
+                    match read {
+                        Ok(due) => {
+                            let mut fresh = 0;
+                            for d in due {
+                                cursor = Some(cursor.unwrap_or(0).max(d.delivery_id));
+                                if held.insert(d.delivery_id) {
+                                    buffer.push_back(d);
+                                    fresh += 1;
+                                }
                             }
-                            if in_flight.insert(d.delivery_id) {
-                                sends.spawn(self.attempt(d));
+                            if fresh < FETCH {
+                                // The due rows are all here; sleep until the next one falls due.
+                                maybe_more = false;
+                                if let Ok(Some(at)) =
+                                    outbox::next_due(self.store.read_pool(), &name, now).await
+                                {
+                                    let wait = Duration::from_millis((at - now).max(0) as u64);
+                                    rescan_at = rescan_at.min(Instant::now() + wait);
+                                }
                             }
                         }
-                        if in_flight.len() < max {
-                            if let Ok(Some(at)) =
-                                outbox::next_due(self.store.read_pool(), &name, now).await
-                            {
-                                let wait = Duration::from_millis((at - now).max(0) as u64);
-                                next_look = next_look.min(Instant::now() + wait);
-                            }
+                        Err(err) => {
+                            tracing::warn!(destination = %name, %err, "could not read the outbox; retrying");
                         }
                     }
-                    Err(err) => {
-                        tracing::warn!(destination = %name, %err, "could not read the outbox; retrying");
-                    }
+                }
+                while sends.len() < max {
+                    let Some(d) = buffer.pop_front() else { break };
+                    sends.spawn(self.attempt(d));
                 }
             }
             if let Some(deadline) = drain_deadline {
                 next_look = next_look.min(deadline);
             }
+            if let Some(at) = flush_at {
+                next_look = next_look.min(at);
+            }
+            if buffer.is_empty() {
+                next_look = next_look.min(rescan_at);
+            }
             tokio::select! {
+                done = async {
+                    match recording.as_mut() {
+                        Some(handle) => handle.await,
+                        None => std::future::pending().await,
+                    }
+                }, if recording.is_some() => {
+                    recording = None;
+                    recorded = Some(done.unwrap_or_else(|err| {
+                        (Vec::new(), Err(format!("the recording task failed: {err}")))
+                    }));
+                }
                 Some(done) = sends.join_next(), if !sends.is_empty() => {
                     if let Ok(done) = done {
+                        flush_at.get_or_insert_with(|| Instant::now() + RECORD_EVERY);
                         finished.push(done);
                     }
                 }
                 changed = wake.changed(), if !stopping => {
+                    maybe_more = true;
+                    let rescans = wake.borrow_and_update().rescans;
+                    if rescans != rescans_seen {
+                        rescans_seen = rescans;
+                        rescan_at = Instant::now();
+                    }
                     if changed.is_err() {
                         tokio::time::sleep(POLL).await;
                     }
                 }
                 _ = tokio::time::sleep_until(next_look) => {
+                    maybe_more = true;
                     if drain_deadline.is_some_and(|d| Instant::now() >= d) {
-                        if !in_flight.is_empty() {
-                            tracing::info!(destination = %name, requests = in_flight.len(), "stopping with forwarding requests unanswered; they are sent again (same webhook-id) after the restart");
+                        if !sends.is_empty() {
+                            tracing::info!(destination = %name, requests = sends.len(), "stopping with forwarding requests unanswered; they are sent again (same webhook-id) after the restart");
                         }
                         sends.abort_all();
                         break;
@@ -163,20 +259,18 @@ impl Worker {
             }
         }
         // Whatever finished while draining is recorded before the worker ends.
+        if let Some(handle) = recording.take() {
+            if let Ok((batch, Err(_))) = handle.await {
+                finished.extend(batch);
+            }
+        }
         while let Some(done) = sends.try_join_next() {
             if let Ok(done) = done {
                 finished.push(done);
             }
         }
         if !finished.is_empty() {
-            let marks: Vec<Attempted> = finished
-                .iter()
-                .map(|f| Attempted {
-                    delivery_id: f.id,
-                    mark: f.mark.clone(),
-                })
-                .collect();
-            if let Err(err) = outbox::record(self.store.write_pool(), &marks, now_ms()).await {
+            if let Err(err) = record(&self.store, &finished).await {
                 tracing::warn!(destination = %name, %err, "could not record the last forwarding attempts; they are sent again after the restart");
             }
         }
@@ -256,4 +350,19 @@ impl Worker {
             _ => {}
         }
     }
+}
+
+/// A recorded batch, and whether its transaction committed.
+type Recorded = (Vec<Finished>, Result<(), String>);
+
+/// Records finished attempts in one transaction, in its turn at the leads file's write lock.
+async fn record(store: &Store, finished: &[Finished]) -> Result<(), sqlx::Error> {
+    let marks: Vec<Attempted> = finished
+        .iter()
+        .map(|f| Attempted {
+            delivery_id: f.id,
+            mark: f.mark.clone(),
+        })
+        .collect();
+    outbox::record(store.write_turn().await.pool(), &marks, now_ms()).await
 }

@@ -25,7 +25,9 @@ impl Store {
     pub async fn erase_contact(&self, id: String) -> Result<Erased, StoreError> {
         let (path, log_path, durability) =
             (self.path.clone(), self.log_path.clone(), self.durability);
+        let turn = self.turns().take().await;
         super::blocking(move || {
+            let _turn = turn;
             let mut log = open_connection(&log_path, durability)?;
             let raw_deliveries = erase_raw(&mut log, &id)?;
             log.close().map_err(|(_, err)| err)?;

@@ -64,6 +64,37 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
 }
 
+/// Turns at the leads database's write lock, handed out in arrival order. Several connections
+/// write that file (the projector, the outbox's attempts and retries, erasure), and SQLite's own
+/// busy handler polls with growing sleeps: a writer that commits back to back, as the projector
+/// does under load, would starve the others for seconds. Every writer of the leads file takes a
+/// turn here first, so each waits at most for the transactions queued before it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Turns(Arc<tokio::sync::Mutex<()>>);
+
+impl Turns {
+    pub(crate) async fn take(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.0.clone().lock_owned().await
+    }
+
+    /// For threads outside the runtime (the projector).
+    pub(crate) fn take_blocking(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0.blocking_lock()
+    }
+}
+
+/// A turn at the leads database's write lock, and the connection to write with.
+pub struct WriteTurn<'a> {
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+    pool: &'a SqlitePool,
+}
+
+impl WriteTurn<'_> {
+    pub fn pool(&self) -> &SqlitePool {
+        self.pool
+    }
+}
+
 /// Handles to the database: cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -71,6 +102,8 @@ pub struct Store {
     /// Writes to the leads database outside the projector (the outbox's attempts, retries and
     /// replays): one connection, so they queue here instead of contending among themselves.
     write: SqlitePool,
+    /// Turns at the leads database's write lock, shared with the projector (see [`Turns`]).
+    turns: Turns,
     /// Wakes the forwarding workers.
     wake: outbox::Wake,
     /// For work outside the ingest writer and the projector (erasure), on connections of its own.
@@ -290,6 +323,7 @@ pub async fn open(
         .connect_with(write_options)
         .await?;
     let wake = outbox::Wake::default();
+    let turns = Turns::default();
     let log_options = connect_options(&log_path, settings.synchronous);
     let healthy = Arc::new(AtomicBool::new(true));
     let progress = Arc::new(Progress::default());
@@ -331,7 +365,8 @@ pub async fn open(
         projector_stop.clone(),
     )?
     .with_pace(Duration::from_millis(ingest.projection_pace_ms))
-    .with_routes(routes, wake.clone());
+    .with_routes(routes, wake.clone())
+    .with_turns(turns.clone());
     let projector = std::thread::Builder::new()
         .name("projector".into())
         .spawn(move || projector.run())?;
@@ -339,6 +374,7 @@ pub async fn open(
         Store {
             read,
             write,
+            turns,
             wake,
             path,
             log_path,
@@ -450,9 +486,17 @@ impl Store {
         &self.read
     }
 
-    /// The one connection for writes outside the projector (the outbox).
-    pub fn write_pool(&self) -> &SqlitePool {
-        &self.write
+    /// The one connection for writes outside the projector (the outbox), once it is this
+    /// caller's turn; hold the turn for one transaction only.
+    pub async fn write_turn(&self) -> WriteTurn<'_> {
+        WriteTurn {
+            _turn: self.turns.take().await,
+            pool: &self.write,
+        }
+    }
+
+    pub(crate) fn turns(&self) -> &Turns {
+        &self.turns
     }
 
     /// Wakes the forwarding workers (deliveries became due).

@@ -42,22 +42,37 @@ impl Routes {
     }
 }
 
-/// Wakes the destination workers when deliveries become due (new leads, retry, replay).
+/// Wakes the destination workers when deliveries become due: new ones (new leads, replay), or
+/// old ones made due again (retry), which a worker only finds by reading everything due again.
 #[derive(Debug, Clone)]
-pub struct Wake(Arc<tokio::sync::watch::Sender<u64>>);
+pub struct Wake(Arc<tokio::sync::watch::Sender<Woken>>);
+
+/// Counters a worker compares with what it saw last.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Woken {
+    pub new: u64,
+    pub rescans: u64,
+}
 
 impl Default for Wake {
     fn default() -> Self {
-        Self(Arc::new(tokio::sync::watch::channel(0).0))
+        Self(Arc::new(tokio::sync::watch::channel(Woken::default()).0))
     }
 }
 
 impl Wake {
+    /// New deliveries, with ids above every existing one.
     pub fn notify(&self) {
-        self.0.send_modify(|n| *n = n.wrapping_add(1));
+        self.0.send_modify(|w| w.new = w.new.wrapping_add(1));
     }
 
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+    /// Existing deliveries made due now.
+    pub fn rescan(&self) {
+        self.0
+            .send_modify(|w| w.rescans = w.rescans.wrapping_add(1));
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Woken> {
         self.0.subscribe()
     }
 }
@@ -130,6 +145,32 @@ pub async fn due(
          ORDER BY d.next_attempt_at, d.id LIMIT ?",
         lead_columns()
     ))
+    .bind(destination)
+    .bind(now_ms)
+    .bind(limit as i64)
+    .fetch_all(pool)
+    .await
+}
+
+/// Up to `limit` pending deliveries to `destination` due by `now_ms` with ids above `after`,
+/// in id order: what arrived since a worker last looked. It walks ids upward from `after` (the
+/// rowid, not an index: the rows above are few), so it costs the new rows only, however large
+/// the backlog below.
+pub async fn due_after(
+    pool: &SqlitePool,
+    destination: &str,
+    after: i64,
+    now_ms: i64,
+    limit: usize,
+) -> Result<Vec<Due>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT d.id AS delivery_id, d.webhook_id, d.attempts, d.step, d.created_at AS queued_at, \
+         {} FROM deliveries d NOT INDEXED JOIN leads l ON l.id = d.lead_id \
+         WHERE d.id > ? AND d.destination = ? AND d.status = 'pending' AND d.next_attempt_at <= ? \
+         ORDER BY d.id LIMIT ?",
+        lead_columns()
+    ))
+    .bind(after)
     .bind(destination)
     .bind(now_ms)
     .bind(limit as i64)
@@ -316,7 +357,7 @@ const REPLAY_CHUNK: i64 = 2000;
 /// Enqueues again, with new webhook ids, every lead received in `[since_ms, until_ms]` that
 /// matches `filters`, in lead order, a chunk per transaction. Returns how many.
 pub async fn replay(
-    pool: &SqlitePool,
+    store: &super::Store,
     destination: &str,
     filters: &LeadFilters,
     since_ms: i64,
@@ -353,11 +394,12 @@ pub async fn replay(
         }
         q.push(" ORDER BY received_at, id LIMIT ")
             .push_bind(REPLAY_CHUNK);
-        let ids: Vec<(i64, i64)> = q.build_query_as().fetch_all(pool).await?;
+        let ids: Vec<(i64, i64)> = q.build_query_as().fetch_all(store.read_pool()).await?;
         let Some(last) = ids.last().copied() else {
             break;
         };
-        let mut tx = pool.begin().await?;
+        let turn = store.write_turn().await;
+        let mut tx = turn.pool().begin().await?;
         for (id, _) in &ids {
             sqlx::query(
                 "INSERT INTO deliveries (destination, lead_id, next_attempt_at, created_at, updated_at) \

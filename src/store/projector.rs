@@ -135,6 +135,7 @@ pub(super) struct Projector {
     pace: Duration,
     routes: Routes,
     wake: Wake,
+    turns: super::Turns,
 }
 
 impl Projector {
@@ -163,6 +164,7 @@ impl Projector {
             pace: Duration::ZERO,
             routes: Routes::default(),
             wake: Wake::default(),
+            turns: super::Turns::default(),
         })
     }
 
@@ -176,6 +178,12 @@ impl Projector {
     pub(super) fn with_routes(mut self, routes: Routes, wake: Wake) -> Self {
         self.routes = routes;
         self.wake = wake;
+        self
+    }
+
+    /// The turns at the leads file's write lock that the other writers of the file take too.
+    pub(super) fn with_turns(mut self, turns: super::Turns) -> Self {
+        self.turns = turns;
         self
     }
 
@@ -354,7 +362,11 @@ impl Projector {
         }
         let started = Instant::now();
         let routes = std::mem::take(&mut self.routes);
-        let result = self.commit_leads(&round, mark, &routes);
+        let turns = self.turns.clone();
+        let result = {
+            let _turn = turns.take_blocking();
+            self.commit_leads(&round, mark, &routes)
+        };
         self.routes = routes;
         let (created, enqueued, duplicates) = result?;
         if enqueued > 0 {
@@ -399,6 +411,8 @@ impl Projector {
     }
 
     fn record_watermark(&mut self, id: i64) -> rusqlite::Result<()> {
+        let turns = self.turns.clone();
+        let _turn = turns.take_blocking();
         let (_, leads) = self.connections()?;
         set_watermark(leads, id)?;
         self.progress.projected.store(id, Ordering::Release);
