@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Forwarding under sustained ingest: ctwa-leads as shipped, with one [[forward]] destination
+# that answers in 5 ms (bench/receiver.js), against the same server without forwarding, in the
+# same run, on production-shaped traffic (examples/loadgen, 64 connections). The outbox's
+# pending count is sampled every second from the leads database; after the run, the time until
+# every lead was delivered. Runs: both at the most the server takes, then forwarding at each of
+# RATES (sustained deliveries/s, paced by the load generator): the queue is bounded at a rate
+# when its pending count stops growing. Prints one table and the ratio of ingest with and
+# without forwarding at full load.
+#
+#   bench/forward.sh [seconds, default 30] [warm-up seconds, default 10]
+#   MAX_IN_FLIGHT=64 (the destination's concurrency), DELAY_MS=5, RATES="4000 6000"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${1:-30}
+WARMUP=${2:-10}
+MAX_IN_FLIGHT=${MAX_IN_FLIGHT:-64}
+DELAY_MS=${DELAY_MS:-5}
+RATES=${RATES:-4000 6000}
+PORT=${BENCH_PORT:-18080}
+RPORT=${RECEIVER_PORT:-19000}
+URL="http://127.0.0.1:$PORT"
+SECRET=bench-app-secret
+TOKEN=bench-api-token
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
+ulimit -n 65536 2>/dev/null || true
+cargo build --release --locked --quiet --bin ctwa-leads --example loadgen
+
+config() { # with-forwarding?
+  cat > "$WORK/config.toml" <<TOML
+[server]
+listen = "127.0.0.1:$PORT"
+[database]
+url = "sqlite://$WORK/bench.db"
+[webhook]
+verify_token = "bench-verify-token"
+app_secrets = ["$SECRET"]
+[api]
+token = "$TOKEN"
+[graph]
+access_token = "bench-graph-token"
+waba_id = "1"
+TOML
+  if [ "$1" = yes ]; then
+    cat >> "$WORK/config.toml" <<TOML
+[[forward]]
+name = "bench"
+url = "http://127.0.0.1:$RPORT/hook"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+max_in_flight = $MAX_IN_FLIGHT
+TOML
+  fi
+}
+
+pending() {
+  python3 - "$WORK/bench.db" <<'PY'
+import sqlite3, sys
+try:
+    c = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True, timeout=5)
+    print(c.execute("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'").fetchone()[0])
+except Exception:
+    print(0)
+PY
+}
+
+declare -A ROW RPS
+run() { # key with-forwarding? [deliveries/s]
+  local key=$1 fwd=$2 rate=${3:-0}
+  rm -rf "$WORK"/bench*.db*
+  config "$fwd"
+  node bench/receiver.js "$RPORT" "$DELAY_MS" >"$WORK/receiver.log" 2>&1 &
+  local receiver=$!
+  RUST_LOG=warn ./target/release/ctwa-leads serve --config "$WORK/config.toml" >"$WORK/server.log" 2>&1 &
+  local server=$!
+  for _ in $(seq 100); do curl -fs "$URL/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+  sleep 0.5
+  ./target/release/examples/loadgen --url "$URL" --connections 64 --duration "$WARMUP" \
+    --rate "$rate" --secret "$SECRET" >/dev/null
+  local samples="$WORK/pending.txt"; : >"$samples"
+  ( while true; do pending >>"$samples"; sleep 1; done ) &
+  local sampler=$!
+  ./target/release/examples/loadgen --url "$URL" --connections 64 --duration "$DURATION" \
+    --rate "$rate" --secret "$SECRET" --json --label "$key" >"$WORK/out.txt"
+  kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
+  local line; line=$(tail -1 "$WORK/out.txt")
+  RPS[$key]=$(python3 -c "import json; print(round(json.loads('''$line''')['rps']))")
+  local p99; p99=$(python3 -c "import json; print(json.loads('''$line''')['p99_ms'])")
+  local at_end; at_end=$(pending)
+  local start; start=$(date +%s.%N)
+  local drain="-"
+  if [ "$fwd" = yes ]; then
+    for _ in $(seq 1200); do [ "$(pending)" = 0 ] && break; sleep 0.1; done
+    drain=$(python3 -c "print(round($(date +%s.%N) - $start, 1))")
+  fi
+  local stats; stats=$(python3 - "$samples" <<'PY'
+import sys
+v = sorted(int(x) for x in open(sys.argv[1]).read().split() or ["0"])
+print(f"{v[len(v)//2]} | {v[min(len(v)-1, int(len(v)*0.99))]} | {v[-1]}")
+PY
+)
+  local got; got=$(curl -fs "http://127.0.0.1:$RPORT/count" || echo '{}')
+  local leads; leads=$(python3 -c "import sqlite3; print(sqlite3.connect('$WORK/bench.db').execute('SELECT COUNT(*) FROM leads').fetchone()[0])")
+  ROW[$key]="| $key | ${RPS[$key]} | $p99 | $stats | $at_end | $drain | $leads | $got |"
+  kill -TERM "$server" 2>/dev/null; wait "$server" 2>/dev/null || true
+  kill "$receiver" 2>/dev/null; wait "$receiver" 2>/dev/null || true
+}
+
+run plain no
+run forwarding yes
+for r in $RATES; do run "forwarding@$r/s" yes "$r"; done
+echo
+echo "| run | deliveries/s | p99 ms | pending p50 | pending p99 | pending max | pending at end | all delivered after s | leads | receiver |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "${ROW[plain]}"
+echo "${ROW[forwarding]}"
+for r in $RATES; do echo "${ROW[forwarding@$r/s]}"; done
+python3 -c "print(f'ingest with forwarding ÷ without: {${RPS[forwarding]} / ${RPS[plain]}:.2f}')"
