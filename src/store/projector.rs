@@ -196,7 +196,7 @@ impl Projector {
                 let since = *pending_since.get_or_insert_with(Instant::now);
                 let few = ((durable - self.watermark) as u64) < FULL_ROUND;
                 if few && since.elapsed() < self.pace {
-                    self.progress.wait(self.pace - since.elapsed());
+                    self.progress.wait(self.pace.saturating_sub(since.elapsed()));
                     continue;
                 }
             }
