@@ -271,6 +271,19 @@ pub fn is_blank(s: &str) -> bool {
     s.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
 }
 
+/// A JSON number that is whole, as JSON Schema's `integer` means it: `60` and `60.0` alike
+/// (JSON has one number type, and clients such as Python's may write either).
+pub fn whole_number(value: &Value) -> Option<i64> {
+    let Value::Number(n) = value else {
+        return None;
+    };
+    n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= i64::MIN as f64 && *f < i64::MAX as f64)
+            .map(|f| f as i64)
+    })
+}
+
 /// The pattern of a value that is not blank (see [`is_blank`]).
 pub const NOT_BLANK: &str = "[^ \t\r\n]";
 
@@ -280,5 +293,21 @@ pub(crate) fn scalar_text(value: &Value) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_numbers_are_whole_whatever_their_spelling() {
+        let parse = |s: &str| whole_number(&serde_json::from_str::<Value>(s).unwrap());
+        assert_eq!(parse("60"), Some(60));
+        assert_eq!(parse("60.0"), Some(60));
+        assert_eq!(parse("-52627329740499.0"), Some(-52_627_329_740_499));
+        assert_eq!(parse("60.5"), None);
+        assert_eq!(parse("1e300"), None);
+        assert_eq!(parse("\"60\""), None);
     }
 }

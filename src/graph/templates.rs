@@ -272,7 +272,7 @@ pub fn validate_template(body: &Value) -> Result<(), ApiError> {
     }
     match obj.get("message_send_ttl_seconds") {
         None | Some(Value::Null) => {}
-        Some(v) if v.is_i64() => {
+        Some(v) if super::whole_number(v).is_some() => {
             if !category.eq_ignore_ascii_case("AUTHENTICATION") {
                 return Err(ApiError::bad_request(
                     "message_send_ttl_seconds: only allowed for AUTHENTICATION templates",
