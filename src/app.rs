@@ -39,6 +39,7 @@ struct Inner {
     keep_raw: crate::config::KeepRaw,
     max_projection_lag: u64,
     forwarding: Arc<crate::forward::Forwarding>,
+    capi: crate::config::CapiSettings,
 }
 
 impl AppState {
@@ -84,6 +85,9 @@ impl AppState {
     pub fn forwarding(&self) -> &crate::forward::Forwarding {
         &self.0.forwarding
     }
+    pub fn capi(&self) -> &crate::config::CapiSettings {
+        &self.0.capi
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +113,7 @@ pub struct Application {
     store: Store,
     writer: WriterTask,
     dispatcher: crate::forward::Dispatcher,
+    conversions: crate::capi::Sender,
     header_read_timeout: Duration,
 }
 
@@ -118,12 +123,21 @@ impl Application {
             &settings.database,
             &settings.ingest,
             &settings.retention,
-            crate::store::outbox::Routes::new(&settings.forwarding),
+            crate::store::outbox::Routes::new(
+                &settings.forwarding,
+                settings.capi.auto_lead_submitted,
+            ),
         )
         .await?;
         let graph = GraphClient::new(&settings.graph)?;
         let forwarding = Arc::new(crate::forward::Forwarding::new(&settings.forwarding));
         let dispatcher = crate::forward::Dispatcher::start(&forwarding, store.clone())?;
+        let conversions = crate::capi::Sender::start(
+            &settings.capi,
+            &settings.graph,
+            &settings.forwarding.retry_schedule,
+            store.clone(),
+        )?;
         let state = AppState(Arc::new(Inner {
             verifier: SignatureVerifier::new(&settings.webhook.app_secrets),
             verify_token: settings.webhook.verify_token.clone(),
@@ -144,6 +158,7 @@ impl Application {
             keep_raw: settings.retention.keep_raw,
             max_projection_lag: settings.ingest.max_projection_lag,
             forwarding,
+            capi: settings.capi.clone(),
         }));
         let addr = settings.server.listen;
         let listener = TcpListener::bind(addr)
@@ -169,6 +184,7 @@ impl Application {
             router: crate::http::router(state),
             writer,
             dispatcher,
+            conversions,
             header_read_timeout: Duration::from_secs(settings.server.header_read_timeout_secs),
         })
     }
@@ -207,6 +223,7 @@ impl Application {
             store,
             writer,
             dispatcher,
+            conversions,
             header_read_timeout,
         } = self;
         let stop = tokio_util::sync::CancellationToken::new();
@@ -224,9 +241,10 @@ impl Application {
                 tracing::warn!(%err, "the metrics listener failed");
             }
         }
-        // Forwarding stops first (what it sent is recorded); the log writer and the projector
-        // then drain, and what they enqueue is sent after the next start.
+        // Forwarding and conversions stop first (what they sent is recorded); the log writer
+        // and the projector then drain, and what they enqueue is sent after the next start.
         dispatcher.shutdown().await;
+        conversions.shutdown().await;
         writer.shutdown().await;
         store.close().await;
         tracing::info!("stopped");

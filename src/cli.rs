@@ -123,7 +123,10 @@ fn run_inner(cli: Cli) -> Result<ExitCode, ExitCode> {
             runtime()?.block_on(async {
                 let report = crate::store::maintenance::reextract(
                     &settings.database,
-                    crate::store::outbox::Routes::new(&settings.forwarding),
+                    crate::store::outbox::Routes::new(
+                        &settings.forwarding,
+                        settings.capi.auto_lead_submitted,
+                    ),
                     since_ms,
                 )
                 .await

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod capi;
 pub mod cli;
 pub mod config;
 pub mod forward;

@@ -27,6 +27,8 @@ pub const PROJECTION_LAG_SECONDS: &str = "ctwa_projection_lag_seconds";
 pub const PROJECTION_BATCH_SECONDS: &str = "ctwa_projection_batch_seconds";
 pub const PROJECTION_ENTRIES: &str = "ctwa_projection_entries_total";
 pub const FORWARD_ATTEMPTS: &str = "ctwa_forward_attempts_total";
+pub const CAPI_EVENTS: &str = "ctwa_capi_events_total";
+pub const CAPI_REQUESTS: &str = "ctwa_capi_requests_total";
 pub const FORWARD_ATTEMPT_SECONDS: &str = "ctwa_forward_attempt_seconds";
 pub const FORWARD_PENDING: &str = "ctwa_forward_pending";
 pub const FORWARD_FAILED: &str = "ctwa_forward_failed";
@@ -150,6 +152,16 @@ pub fn forward_attempt(destination: &str, outcome: &'static str, elapsed: Durati
         .increment(1);
     histogram!(FORWARD_ATTEMPT_SECONDS, "destination" => destination.to_owned())
         .record(elapsed.as_secs_f64());
+}
+
+/// Conversion events by name and what became of an attempt: `sent`, `retry`, `failed`.
+pub fn capi_event(event_name: &str, status: &'static str) {
+    counter!(CAPI_EVENTS, "event_name" => event_name.to_owned(), "status" => status).increment(1);
+}
+
+/// Requests to the Conversions API by HTTP status (0: no answer).
+pub fn capi_request(status: u16) {
+    counter!(CAPI_REQUESTS, "status" => status.to_string()).increment(1);
 }
 
 /// A destination's backlog: pending and failed deliveries, and the oldest pending one's age.

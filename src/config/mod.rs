@@ -6,9 +6,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub mod forward;
+mod capi;
+mod forward;
 pub mod sources;
 
+pub use capi::CapiSettings;
 pub use forward::{Destination, ForwardingSettings, LeadFilters};
 
 use figment::providers::{Format, Toml};
@@ -108,6 +110,8 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// `[[forward]]` destinations and the `[forwarding]` retry schedule.
     pub forwarding: ForwardingSettings,
+    /// `[capi]`: conversions reported to Meta.
+    pub capi: CapiSettings,
     /// `CTWA_*` environment names that are not configuration (logged at debug on start-up).
     pub ignored_env: Vec<String>,
 }
@@ -367,6 +371,8 @@ struct RawSettings {
     forward: Vec<forward::RawDestination>,
     #[serde(default)]
     forwarding: forward::RawForwarding,
+    #[serde(default)]
+    capi: CapiSettings,
 }
 
 /// A string, or a number written without quotes (`verify_token = 12345` in the file); its
@@ -607,6 +613,7 @@ impl Settings {
             ));
         }
         let forwarding = forward::settings(raw.forward, raw.forwarding)?;
+        let capi = raw.capi.checked()?;
         let mut server = raw.server;
         if let Some(url) = server.public_url.take() {
             let trimmed = url.trim().trim_end_matches('/').to_owned();
@@ -640,6 +647,7 @@ impl Settings {
             log: raw.log,
             metrics: raw.metrics,
             forwarding,
+            capi,
             ignored_env: Vec::new(),
         })
     }

@@ -111,12 +111,17 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 
 /// Reads at most [`MAX_RESPONSE_BYTES`] of a response body, then stops (the rest is never
 /// read; the connection is dropped).
-pub async fn read_capped(mut response: reqwest::Response) -> Vec<u8> {
+pub async fn read_capped(response: reqwest::Response) -> Vec<u8> {
+    read_capped_to(response, MAX_RESPONSE_BYTES).await
+}
+
+/// Reads at most `max` bytes of a response body.
+pub async fn read_capped_to(mut response: reqwest::Response, max: usize) -> Vec<u8> {
     let mut out = Vec::new();
-    while out.len() < MAX_RESPONSE_BYTES {
+    while out.len() < max {
         match response.chunk().await {
             Ok(Some(chunk)) => {
-                let room = MAX_RESPONSE_BYTES - out.len();
+                let room = max - out.len();
                 out.extend_from_slice(&chunk[..chunk.len().min(room)]);
             }
             _ => break,

@@ -317,7 +317,14 @@ pub fn refine(doc: &mut Value) {
         json!({"type": "string", "minLength": 1, "maxLength": 128, "pattern": NOT_BLANK}),
     );
 
-    for path in [templates, sequences] {
+    conversion_bodies(doc);
+    for path in [
+        templates,
+        sequences,
+        "/v1/leads/{id}/conversions",
+        "/v1/conversions",
+        "/v1/dataset",
+    ] {
         status(
             doc,
             path,
@@ -327,6 +334,66 @@ pub fn refine(doc: &mut Value) {
         );
     }
     no_empty_query_values(doc);
+}
+
+/// The conversion bodies' rules (the same constants `capi` checks with): Meta's event names,
+/// currency with value and value with currency, a bounded value, an event id without control
+/// characters. The 7-day window of `event_time` moves: [`conversion_window`] sets it when the
+/// document is served.
+fn conversion_bodies(doc: &mut Value) {
+    for name in ["ConversionBody", "ClidConversionBody"] {
+        let Some(schema) = doc.pointer_mut(&format!("/components/schemas/{name}")) else {
+            continue;
+        };
+        let names: Vec<&str> = crate::capi::CONFIRMED_EVENTS
+            .iter()
+            .chain(crate::capi::LISTED_EVENTS)
+            .copied()
+            .collect();
+        let props = &mut schema["properties"];
+        props["event_name"]["enum"] = json!(names);
+        props["currency"]["pattern"] = json!("^[A-Z]{3}$");
+        props["value"]["maximum"] = json!(crate::capi::MAX_VALUE);
+        props["event_id"]["minLength"] = json!(1);
+        props["event_id"]["maxLength"] = json!(crate::capi::MAX_EVENT_ID);
+        props["event_id"]["pattern"] = json!("^[^\\x00-\\x1f\\x7f-\\x9f]*$");
+        props["event_time"]["type"] = json!(["integer", "null"]);
+        if let Some(clid) = props.get_mut("ctwa_clid") {
+            clid["pattern"] = json!(NOT_BLANK);
+        }
+        let with = |a: &str, a_type: &str, b: &str, b_type: &str| {
+            json!({
+                "if": {"properties": {a: {"type": a_type}}, "required": [a]},
+                "then": {"properties": {b: {"type": b_type}}, "required": [b]}
+            })
+        };
+        schema["allOf"] = json!([
+            with("value", "number", "currency", "string"),
+            with("currency", "string", "value", "number"),
+        ]);
+    }
+    if let Some(name) = doc.pointer_mut("/components/schemas/DatasetBody/properties/dataset_name") {
+        *name = json!({
+            "type": "string",
+            "pattern": NOT_BLANK,
+            "maxLength": 255,
+            "description": "A name for the dataset, shown in Events Manager."
+        });
+    }
+}
+
+/// Sets the range `event_time` may take at `now` (unix seconds): not in the future, and inside
+/// Meta's 7-day window for at least the next hour.
+pub fn conversion_window(doc: &mut Value, now: i64) {
+    let oldest = now - crate::capi::MAX_AGE.as_secs() as i64 + 3600;
+    for name in ["ConversionBody", "ClidConversionBody"] {
+        if let Some(t) =
+            doc.pointer_mut(&format!("/components/schemas/{name}/properties/event_time"))
+        {
+            t["minimum"] = json!(oldest);
+            t["maximum"] = json!(now);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::leads::api::router())
         .merge(crate::leads::erasure::router())
         .merge(crate::forward::api::router())
+        .merge(crate::capi::api::router())
         .merge(crate::graph::router())
         .split_for_parts();
     doc.merge(v1_doc);
@@ -68,19 +69,20 @@ pub fn router(state: AppState) -> Router {
     ));
     let mut doc = serde_json::to_value(&doc).unwrap_or_default();
     contract::refine(&mut doc);
-    // Serialized once: every request gets the same bytes.
-    let doc = bytes::Bytes::from(doc.to_string());
+    // Built once; only the conversion window (it moves with the clock) is set per request.
+    let doc = std::sync::Arc::new(doc);
     let served = Router::new()
         .merge(public)
         .merge(v1)
         .route(
             "/openapi.json",
             get(move || {
-                let doc = doc.clone();
+                let mut doc = (*doc).clone();
                 async move {
+                    contract::conversion_window(&mut doc, chrono::Utc::now().timestamp());
                     (
                         [(axum::http::header::CONTENT_TYPE, "application/json")],
-                        doc,
+                        doc.to_string(),
                     )
                 }
             }),

@@ -324,7 +324,7 @@ async fn list_leads(
     security(("bearer" = [])),
     params(("id" = i64, Path, description = "The lead's id")),
     responses(
-        (status = 200, body = Lead),
+        (status = 200, body = LeadDetail),
         (status = 404, body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
     )
@@ -332,17 +332,38 @@ async fn list_leads(
 async fn get_lead(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
-) -> Result<Json<Lead>, ApiError> {
+) -> Result<Json<LeadDetail>, ApiError> {
     let Path(id) = id?;
     let not_found = || ApiError::not_found(format!("no lead with id {id}"));
     let Ok(numeric) = id.parse::<i64>() else {
         return Err(not_found());
     };
-    q::by_id(state.store().read_pool(), numeric)
+    let row = q::by_id(state.store().read_pool(), numeric)
         .await
         .map_err(store_error)?
-        .map(|row| Json(Lead::from(row)))
-        .ok_or_else(not_found)
+        .ok_or_else(not_found)?;
+    let (conversions, detected_events) =
+        crate::capi::api::events_of(&state, row.id, row.ctwa_clid.as_deref())
+            .await
+            .map_err(store_error)?;
+    Ok(Json(LeadDetail {
+        lead: Lead::from(row),
+        conversions,
+        detected_events,
+    }))
+}
+
+/// One lead, with what was reported to Meta about it and what Meta detected itself.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LeadDetail {
+    #[serde(flatten)]
+    pub lead: Lead,
+    /// Conversion events reported for this lead (`POST /v1/leads/{id}/conversions`, or
+    /// `capi.auto_lead_submitted`), oldest first, with their status.
+    pub conversions: Vec<crate::capi::api::Conversion>,
+    /// Events Meta detected in the chat (`automatic_events` webhooks) with this lead's
+    /// `ctwa_clid`.
+    pub detected_events: Vec<crate::capi::api::DetectedEvent>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

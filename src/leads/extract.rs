@@ -71,6 +71,8 @@ impl ParseStatus {
 pub struct Extracted {
     pub status: ParseStatus,
     pub leads: Vec<NewLead>,
+    /// Events Meta detected itself (`automatic_events` changes).
+    pub detected: Vec<super::detected::NewDetected>,
     /// Inbound messages seen, with or without a referral.
     pub messages: usize,
     /// Status updates (sent, delivered, read, failed) seen.
@@ -211,6 +213,7 @@ pub fn extract(body: &[u8]) -> Extracted {
     let mut out = Extracted {
         status: ParseStatus::Parsed,
         leads: Vec::new(),
+        detected: Vec::new(),
         messages: 0,
         statuses: 0,
         other: 0,
@@ -237,6 +240,27 @@ pub fn extract(body: &[u8]) -> Extracted {
             let Some(change) = report.obj(change, || format!("entry[{ei}].changes[{ci}]")) else {
                 continue;
             };
+            if change.field.as_str() == Some("automatic_events") {
+                report.out.other += 1;
+                let read = change
+                    .value
+                    .map(|raw| super::detected::read(raw.get(), waba_id.as_deref()));
+                match read {
+                    Some(Ok((events, unreadable))) => {
+                        if unreadable > 0 {
+                            tracing::warn!(path = %format!("entry[{ei}].changes[{ci}].value.automatic_events"), unreadable, "detected events without an id or event_name; skipped");
+                            report.out.status = ParseStatus::Partial;
+                        }
+                        report.out.detected.extend(events);
+                    }
+                    Some(Err(why)) => {
+                        tracing::warn!(path = %format!("entry[{ei}].changes[{ci}].value"), %why, "an automatic_events change could not be read");
+                        report.out.status = ParseStatus::Partial;
+                    }
+                    None => report.out.status = ParseStatus::Partial,
+                }
+                continue;
+            }
             if change.field.as_str() != Some("messages") {
                 report.out.other += 1;
                 continue;
@@ -273,6 +297,7 @@ fn invalid() -> Extracted {
     Extracted {
         status: ParseStatus::Invalid,
         leads: Vec::new(),
+        detected: Vec::new(),
         messages: 0,
         statuses: 0,
         other: 1,

@@ -2,6 +2,7 @@
 //! stored ones over `/v1/leads`, and [`erasure`] removes one person's data on request.
 
 pub mod api;
+pub mod detected;
 pub mod erasure;
 pub mod extract;
 

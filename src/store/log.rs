@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
+use crate::leads::detected::NewDetected;
 use crate::leads::extract::{Extracted, NewLead, ParseStatus};
 
 /// The log's schema, applied by `PRAGMA user_version`.
@@ -91,6 +92,8 @@ pub struct LogRecord {
     /// The leads the acknowledgement path already extracted: handed to the projector in memory
     /// (see [`Progress::offer`]), never stored as such.
     pub leads: Vec<NewLead>,
+    /// Likewise, the events Meta detected (`automatic_events`).
+    pub detected: Vec<NewDetected>,
 }
 
 /// zstd level 1: about 4× on Meta's JSON at a few microseconds per delivery.
@@ -125,12 +128,19 @@ impl LogRecord {
             codec,
             body,
             leads: Vec::new(),
+            detected: Vec::new(),
         }
     }
 
     /// Carries `leads` (extracted from this body) to the projector.
     pub fn with_leads(mut self, leads: Vec<NewLead>) -> Self {
         self.leads = leads;
+        self
+    }
+
+    /// Carries detected events (extracted from this body) to the projector.
+    pub fn with_detected(mut self, detected: Vec<NewDetected>) -> Self {
+        self.detected = detected;
         self
     }
 }
@@ -141,6 +151,7 @@ pub struct Handed {
     pub id: i64,
     pub received_at: i64,
     pub leads: Vec<NewLead>,
+    pub detected: Vec<NewDetected>,
 }
 
 /// Leads the in-memory hand-off holds at most; past it, entries are left to the projector to
@@ -374,6 +385,7 @@ mod tests {
                 id,
                 received_at: 0,
                 leads: vec![lead.clone()],
+                detected: Vec::new(),
             });
         }
         assert!(p.take(0, 10, 100).is_empty(), "entry 0 is not in hand");
@@ -388,6 +400,7 @@ mod tests {
                 id,
                 received_at: 0,
                 leads: vec![lead.clone()],
+                detected: Vec::new(),
             });
         }
         let taken = p.take(10, i64::MAX, usize::MAX);

@@ -95,8 +95,10 @@ fn reextract_blocking(
             let extracted = extract(&raw);
             let rows = extracted.leads.iter().map(|lead| (id, received_at, lead));
             report.new_leads += insert_leads(&tx, rows, routes)?.leads;
+            super::conversions::insert_detected(&tx, &extracted.detected, received_at)?;
             if status_from_code(status) != extracted.status {
-                restatus.push((id, extracted.status, extracted.leads.len()));
+                let count = extracted.leads.len() + extracted.detected.len();
+                restatus.push((id, extracted.status, count));
             }
             report.events += 1;
         }

@@ -19,11 +19,15 @@ pub struct Routes {
     routes: Vec<(String, LeadFilters)>,
     /// Delay of the first attempt (the schedule's first entry), in ms.
     first_delay_ms: i64,
+    /// `capi.auto_lead_submitted`: a `LeadSubmitted` conversion for every new lead with a
+    /// click id.
+    lead_submitted: bool,
 }
 
 impl Routes {
-    pub fn new(settings: &ForwardingSettings) -> Self {
+    pub fn new(settings: &ForwardingSettings, lead_submitted: bool) -> Self {
         Self {
+            lead_submitted,
             routes: settings
                 .destinations
                 .iter()
@@ -38,7 +42,7 @@ impl Routes {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
+        self.routes.is_empty() && !self.lead_submitted
     }
 }
 
@@ -77,8 +81,9 @@ impl Wake {
     }
 }
 
-/// Enqueues `lead` (just inserted as `lead_id`) for every matching destination; runs inside
-/// the projector's transaction. Returns how many deliveries it wrote.
+/// Enqueues `lead` (just inserted as `lead_id`) for every matching destination, and its
+/// `LeadSubmitted` conversion when that is on; runs inside the projector's transaction.
+/// Returns how many rows it wrote.
 pub(super) fn enqueue(
     conn: &Connection,
     lead_id: i64,
@@ -102,6 +107,10 @@ pub(super) fn enqueue(
         )?
         .execute(params![name, lead_id, now_ms + routes.first_delay_ms, now_ms])?;
         written += 1;
+    }
+    if routes.lead_submitted && r.ctwa_clid.is_some() {
+        let event_time = lead.timestamp.unwrap_or(now_ms / 1000);
+        written += super::conversions::enqueue_lead_submitted(conn, lead_id, event_time, now_ms)?;
     }
     Ok(written)
 }

@@ -196,7 +196,8 @@ impl Projector {
                 let since = *pending_since.get_or_insert_with(Instant::now);
                 let few = ((durable - self.watermark) as u64) < FULL_ROUND;
                 if few && since.elapsed() < self.pace {
-                    self.progress.wait(self.pace.saturating_sub(since.elapsed()));
+                    self.progress
+                        .wait(self.pace.saturating_sub(since.elapsed()));
                     continue;
                 }
             }
@@ -322,18 +323,23 @@ impl Projector {
         let handed = entries
             .into_iter()
             .map(|entry| {
-                let leads = match entry.body.map(|body| unpacker.unpack(entry.codec, body)) {
-                    Some(Ok(raw)) => extract(&raw).leads,
-                    Some(Err(err)) => {
-                        tracing::error!(id = entry.id, %err, "a log entry could not be unpacked; skipped");
-                        Vec::new()
-                    }
-                    None => Vec::new(),
-                };
+                let (leads, detected) =
+                    match entry.body.map(|body| unpacker.unpack(entry.codec, body)) {
+                        Some(Ok(raw)) => {
+                            let extracted = extract(&raw);
+                            (extracted.leads, extracted.detected)
+                        }
+                        Some(Err(err)) => {
+                            tracing::error!(id = entry.id, %err, "a log entry could not be unpacked; skipped");
+                            (Vec::new(), Vec::new())
+                        }
+                        None => (Vec::new(), Vec::new()),
+                    };
                 Handed {
                     id: entry.id,
                     received_at: entry.received_at,
                     leads,
+                    detected,
                 }
             })
             .collect();
@@ -399,6 +405,9 @@ impl Projector {
                 .iter()
                 .map(|lead| (entry.id, entry.received_at, lead));
             let new = insert_leads(&tx, rows, routes)?;
+            if !entry.detected.is_empty() {
+                super::conversions::insert_detected(&tx, &entry.detected, entry.received_at)?;
+            }
             created += new.leads;
             enqueued += new.deliveries;
             if new.leads == 0 && !entry.leads.is_empty() {

@@ -327,6 +327,7 @@ impl Writer {
                         id,
                         received_at: job.record.received_at_ms,
                         leads: std::mem::take(&mut job.record.leads),
+                        detected: std::mem::take(&mut job.record.detected),
                     });
                 }
             }

@@ -204,21 +204,32 @@ async fn receive(
     // pool like its parse did.
     let record = if raw.len() > LARGE_BODY {
         let status = extracted.status;
-        let leads = extracted.leads;
+        let (leads, detected) = (extracted.leads, extracted.detected);
         tokio::task::spawn_blocking(move || {
-            LogRecord::new(received_at_ms, status, kind, leads.len(), &raw).with_leads(leads)
+            LogRecord::new(
+                received_at_ms,
+                status,
+                kind,
+                leads.len() + detected.len(),
+                &raw,
+            )
+            .with_leads(leads)
+            .with_detected(detected)
         })
         .await
         .map_err(ApiError::internal)?
     } else {
+        // `lead_count` counts what the projector builds from the entry: leads and detected
+        // events (the projector reads back the bodies of entries that hold some).
         LogRecord::new(
             received_at_ms,
             extracted.status,
             kind,
-            extracted.leads.len(),
+            extracted.leads.len() + extracted.detected.len(),
             &raw,
         )
         .with_leads(extracted.leads)
+        .with_detected(extracted.detected)
     };
     state
         .store()

@@ -32,7 +32,7 @@ async fn reextract_recovers_leads_from_deliveries_that_failed_to_parse_and_is_id
     let settings = settings(&db_path(&app.dir), "http://unused");
     let report = ctwa_leads::store::maintenance::reextract(
         &settings.database,
-        ctwa_leads::store::outbox::Routes::new(&settings.forwarding),
+        ctwa_leads::store::outbox::Routes::new(&settings.forwarding, false),
         None,
     )
     .await
@@ -54,7 +54,7 @@ async fn reextract_recovers_leads_from_deliveries_that_failed_to_parse_and_is_id
 
     let again = ctwa_leads::store::maintenance::reextract(
         &settings.database,
-        ctwa_leads::store::outbox::Routes::new(&settings.forwarding),
+        ctwa_leads::store::outbox::Routes::new(&settings.forwarding, false),
         None,
     )
     .await
@@ -65,7 +65,7 @@ async fn reextract_recovers_leads_from_deliveries_that_failed_to_parse_and_is_id
     // --since skips older deliveries.
     let since = ctwa_leads::store::maintenance::reextract(
         &settings.database,
-        ctwa_leads::store::outbox::Routes::new(&settings.forwarding),
+        ctwa_leads::store::outbox::Routes::new(&settings.forwarding, false),
         Some(1_800_000_000_000),
     )
     .await

@@ -1,0 +1,574 @@
+//! The conversion routes: `POST /v1/leads/{id}/conversions` and `POST /v1/conversions` (by
+//! click id) check an event against Meta's rules and queue it, once per (lead, event name)
+//! unless the caller brings its own `event_id`; `GET /v1/conversions` lists them with their
+//! status and Graph's error; `POST /v1/dataset` creates the WABA's dataset through the Graph
+//! proxy.
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use chrono::{DateTime, SecondsFormat, Utc};
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::MAX_EVENT_ID;
+use crate::app::AppState;
+use crate::graph::{GraphResponse, Payload};
+use crate::http::error::{object_body, ApiError, ErrorEnvelope};
+use crate::http::query::Params;
+use crate::leads::api::{Cursors, Paging};
+use crate::store::conversions::{self, ConversionRow, DetectedRow, NewConversion};
+
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 500;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(lead_conversion))
+        .routes(routes!(clid_conversion, list_conversions))
+        .routes(routes!(create_dataset))
+}
+
+/// A conversion event and what became of it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Conversion {
+    pub id: i64,
+    /// Meta deduplicates on it: by default `ctwa-leads.{lead_id}.{event_name}`.
+    pub event_id: String,
+    pub lead_id: i64,
+    pub event_name: String,
+    /// When it happened, RFC 3339 UTC.
+    pub event_time: String,
+    pub value: Option<f64>,
+    pub currency: Option<String>,
+    /// `pending`, `sent` or `failed`.
+    pub status: String,
+    pub attempts: i64,
+    /// When the next attempt is due (pending only), RFC 3339 UTC.
+    pub next_attempt_at: Option<String>,
+    /// Why the last attempt did not succeed (Graph's error when Graph answered).
+    pub error: Option<ConversionError>,
+    /// Graph's trace id of the last answer.
+    pub fbtrace_id: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// Graph's error, as kept on a conversion.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversionError {
+    /// The HTTP status Graph answered with; absent when there was no answer or the event was
+    /// refused before sending.
+    pub status: Option<i64>,
+    pub message: String,
+    pub code: Option<i64>,
+    pub subcode: Option<i64>,
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+impl From<ConversionRow> for Conversion {
+    fn from(r: ConversionRow) -> Self {
+        let error = r.last_error.map(|message| ConversionError {
+            status: r.last_status_code,
+            message,
+            code: r.error_code,
+            subcode: r.error_subcode,
+        });
+        Conversion {
+            id: r.id,
+            event_id: r.event_id,
+            lead_id: r.lead_id,
+            event_name: r.event_name,
+            event_time: rfc3339_ms(r.event_time * 1000),
+            value: r.value,
+            currency: r.currency,
+            next_attempt_at: (r.status == "pending")
+                .then_some(r.next_attempt_at)
+                .flatten()
+                .map(rfc3339_ms),
+            status: r.status,
+            attempts: r.attempts,
+            error,
+            fbtrace_id: r.fbtrace_id,
+            created_at: rfc3339_ms(r.created_at),
+            updated_at: rfc3339_ms(r.updated_at),
+        }
+    }
+}
+
+/// An event Meta detected itself in the chat (`automatic_events` webhook).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DetectedEvent {
+    /// Meta's id of the event.
+    pub id: String,
+    pub event_name: String,
+    /// Meta's timestamp, RFC 3339 UTC.
+    pub timestamp: Option<String>,
+    pub ctwa_clid: Option<String>,
+    /// As Meta sent it (for purchases: currency and value).
+    #[schema(value_type = Option<Object>)]
+    pub custom_data: Option<Value>,
+    pub received_at: String,
+}
+
+impl From<DetectedRow> for DetectedEvent {
+    fn from(r: DetectedRow) -> Self {
+        DetectedEvent {
+            id: r.id,
+            event_name: r.event_name,
+            timestamp: r.event_time.map(|s| rfc3339_ms(s * 1000)),
+            ctwa_clid: r.ctwa_clid,
+            custom_data: r.custom_data.and_then(|c| serde_json::from_str(&c).ok()),
+            received_at: rfc3339_ms(r.received_at),
+        }
+    }
+}
+
+/// A conversion for a lead given in the path.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConversionBody {
+    /// One of Meta's business-messaging event names (see the README), e.g. `Purchase`.
+    #[schema(example = "Purchase")]
+    event_name: String,
+    /// Required with `currency`; at least 0.
+    #[schema(example = 123.45, minimum = 0)]
+    value: Option<f64>,
+    /// ISO 4217, e.g. `USD`; required with `value`.
+    #[schema(example = "USD")]
+    currency: Option<String>,
+    /// Unix seconds (as Meta takes it); not in the future, at most 7 days ago. Default: now.
+    #[schema(value_type = Option<i64>)]
+    event_time: Option<Value>,
+    /// Your own id for this event (1–128 characters): repeats with it are one event. Without
+    /// it, a lead reports each event name once.
+    event_id: Option<String>,
+}
+
+/// A conversion for the lead with a click id (what an order system knows of the chat).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClidConversionBody {
+    /// The `ctwa_clid` of the lead's referral.
+    ctwa_clid: String,
+    #[schema(example = "Purchase")]
+    event_name: String,
+    #[schema(example = 123.45, minimum = 0)]
+    value: Option<f64>,
+    #[schema(example = "USD")]
+    currency: Option<String>,
+    /// Unix seconds; not in the future, at most 7 days ago. Default: now.
+    #[schema(value_type = Option<i64>)]
+    event_time: Option<Value>,
+    /// Your own id for this event (1–128 characters).
+    event_id: Option<String>,
+}
+
+/// The event, checked against Meta's rules (everything but the lead).
+struct Checked {
+    event_name: String,
+    value: Option<f64>,
+    currency: Option<String>,
+    event_time: i64,
+    event_id: Option<String>,
+}
+
+fn check(
+    event_name: String,
+    value: Option<f64>,
+    currency: Option<String>,
+    event_time: Option<Value>,
+    event_id: Option<String>,
+) -> Result<Checked, ApiError> {
+    if !super::is_allowed(&event_name) {
+        return Err(ApiError::bad_request(format!(
+            "event_name: {event_name:?} is not an event Meta takes for business messaging; use one of {}",
+            super::CONFIRMED_EVENTS
+                .iter()
+                .chain(super::LISTED_EVENTS)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if let Some(v) = value {
+        if !v.is_finite() || !(0.0..=super::MAX_VALUE).contains(&v) {
+            return Err(ApiError::bad_request(format!(
+                "value: expected a number from 0 to {}",
+                super::MAX_VALUE
+            )));
+        }
+    }
+    match (&value, &currency) {
+        (Some(_), None) => {
+            return Err(ApiError::bad_request(
+                "currency: required with value (ISO 4217, e.g. USD)",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::bad_request("value: required with currency"));
+        }
+        (_, Some(c)) if !super::is_currency(c) => {
+            return Err(ApiError::bad_request(
+                "currency: expected an ISO 4217 code in capitals, e.g. USD",
+            ));
+        }
+        _ => {}
+    }
+    let now_ms = Utc::now().timestamp_millis();
+    let event_time = match event_time {
+        None => now_ms / 1000,
+        Some(Value::Null) => now_ms / 1000,
+        Some(v @ Value::Number(_)) => crate::graph::whole_number(&v)
+            .ok_or_else(|| ApiError::bad_request("event_time: expected whole unix seconds"))?,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "event_time: expected whole unix seconds",
+            ))
+        }
+    };
+    // A minute of clock skew is tolerated.
+    if event_time * 1000 > now_ms + 60_000 {
+        return Err(ApiError::bad_request("event_time: in the future"));
+    }
+    if !super::within_window(event_time, now_ms) {
+        return Err(ApiError::bad_request(
+            "event_time: more than 7 days ago; Meta rejects such events",
+        ));
+    }
+    if let Some(id) = &event_id {
+        if id.is_empty() || id.chars().count() > MAX_EVENT_ID || id.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(format!(
+                "event_id: expected 1 to {MAX_EVENT_ID} printable characters"
+            )));
+        }
+    }
+    Ok(Checked {
+        event_name,
+        value,
+        currency,
+        event_time,
+        event_id,
+    })
+}
+
+fn store_error(err: sqlx::Error) -> ApiError {
+    ApiError::unavailable("the database did not answer, retry later", err)
+}
+
+fn not_configured() -> ApiError {
+    ApiError::client(
+        StatusCode::CONFLICT,
+        "capi_not_configured",
+        "conversions are not reported: set [capi] dataset_id (POST /v1/dataset creates one)",
+    )
+}
+
+/// Queues `checked` for `lead_id`: 202 with the new event, or 200 with the existing one.
+async fn queue(
+    state: &AppState,
+    lead_id: i64,
+    checked: Checked,
+) -> Result<(StatusCode, Json<Conversion>), ApiError> {
+    let lead = crate::store::leads::by_id(state.store().read_pool(), lead_id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::not_found(format!("no lead with id {lead_id}")))?;
+    if lead.ctwa_clid.is_none() {
+        return Err(ApiError::client(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no_click_id",
+            format!("lead {lead_id} has no ctwa_clid (it did not come from a Click-to-WhatsApp ad click), so Meta cannot attribute a conversion to it"),
+        ));
+    }
+    let new = NewConversion {
+        event_id: checked
+            .event_id
+            .unwrap_or_else(|| conversions::default_event_id(lead_id, &checked.event_name)),
+        lead_id,
+        event_name: checked.event_name,
+        event_time: checked.event_time,
+        value: checked.value,
+        currency: checked.currency,
+    };
+    let now = Utc::now().timestamp_millis();
+    let (row, created) = {
+        let turn = state.store().write_turn().await;
+        conversions::insert(turn.pool(), &new, now)
+            .await
+            .map_err(store_error)?
+    };
+    if row.lead_id != lead_id {
+        return Err(ApiError::client(
+            StatusCode::CONFLICT,
+            "event_id_taken",
+            format!(
+                "event_id {:?} belongs to another lead's event",
+                new.event_id
+            ),
+        ));
+    }
+    if created {
+        state.store().outbox_wake().notify();
+        Ok((StatusCode::ACCEPTED, Json(row.into())))
+    } else {
+        Ok((StatusCode::OK, Json(row.into())))
+    }
+}
+
+/// Reports a conversion of this lead to Meta (queued; sent in the background).
+#[utoipa::path(
+    post,
+    path = "/v1/leads/{id}/conversions",
+    tag = "conversions",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "The lead's id", minimum = 1)),
+    request_body = ConversionBody,
+    responses(
+        (status = 202, description = "Queued", body = Conversion),
+        (status = 200, description = "Already queued or sent: the existing event (nothing new is sent)", body = Conversion),
+        (status = 400, description = "The event breaks one of Meta's rules", body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 404, description = "No such lead", body = ErrorEnvelope),
+        (status = 409, description = "[capi] is not configured, or the event_id is another lead's", body = ErrorEnvelope),
+        (status = 422, description = "The lead has no ctwa_clid", body = ErrorEnvelope),
+    )
+)]
+async fn lead_conversion(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<(StatusCode, Json<Conversion>), ApiError> {
+    let Path(id) = id?;
+    let lead_id = id
+        .parse::<i64>()
+        .map_err(|_| ApiError::not_found(format!("no lead with id {id}")))?;
+    let b: ConversionBody = object_body(body)?;
+    let checked = check(b.event_name, b.value, b.currency, b.event_time, b.event_id)?;
+    if !state.capi().enabled() {
+        return Err(not_configured());
+    }
+    queue(&state, lead_id, checked).await
+}
+
+/// Reports a conversion of the lead with this click id.
+#[utoipa::path(
+    post,
+    path = "/v1/conversions",
+    tag = "conversions",
+    security(("bearer" = [])),
+    request_body = ClidConversionBody,
+    responses(
+        (status = 202, description = "Queued", body = Conversion),
+        (status = 200, description = "Already queued or sent: the existing event", body = Conversion),
+        (status = 400, description = "The event breaks one of Meta's rules", body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 404, description = "No lead with this ctwa_clid", body = ErrorEnvelope),
+        (status = 409, description = "[capi] is not configured, or the event_id is another lead's", body = ErrorEnvelope),
+    )
+)]
+async fn clid_conversion(
+    State(state): State<AppState>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<(StatusCode, Json<Conversion>), ApiError> {
+    let b: ClidConversionBody = object_body(body)?;
+    if crate::graph::is_blank(&b.ctwa_clid) {
+        return Err(ApiError::bad_request("ctwa_clid: must not be empty"));
+    }
+    let checked = check(b.event_name, b.value, b.currency, b.event_time, b.event_id)?;
+    if !state.capi().enabled() {
+        return Err(not_configured());
+    }
+    let lead_id = conversions::lead_by_clid(state.store().read_pool(), &b.ctwa_clid)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::not_found("no lead with this ctwa_clid"))?;
+    queue(&state, lead_id, checked).await
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ConversionParams {
+    /// `pending`, `sent` or `failed`.
+    #[param(pattern = "^(pending|sent|failed)$")]
+    status: Option<String>,
+    /// The lead's id.
+    #[param(value_type = Option<i64>, minimum = 1)]
+    lead_id: Option<String>,
+    /// Events per page, 1 to 500 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
+    limit: Option<String>,
+    /// The cursor from the previous page's `paging.cursors.after`.
+    #[param(pattern = r"^[0-9]{1,18}$")]
+    after: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversionPage {
+    pub data: Vec<Conversion>,
+    pub paging: Paging,
+}
+
+fn number(name: &str, value: &str, min: i64) -> Result<i64, ApiError> {
+    value
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= min)
+        .ok_or_else(|| ApiError::bad_request(format!("{name}: expected a whole number from {min}")))
+}
+
+/// Lists conversion events, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/conversions",
+    tag = "conversions",
+    security(("bearer" = [])),
+    params(ConversionParams),
+    responses(
+        (status = 200, body = ConversionPage),
+        (status = 400, description = "A bad filter, limit or cursor", body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+    )
+)]
+async fn list_conversions(
+    State(state): State<AppState>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Json<ConversionPage>, ApiError> {
+    params.only(&["status", "lead_id", "limit", "after"])?;
+    let p: ConversionParams = params.to()?;
+    if let Some(s) = &p.status {
+        if !matches!(s.as_str(), "pending" | "sent" | "failed") {
+            return Err(ApiError::bad_request(
+                "status: expected pending, sent or failed",
+            ));
+        }
+    }
+    let limit = match p.limit.as_deref() {
+        None => DEFAULT_LIMIT,
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "limit: expected a whole number from 1 to {MAX_LIMIT}"
+                ))
+            })?,
+    };
+    let lead_id = p
+        .lead_id
+        .as_deref()
+        .map(|v| number("lead_id", v, 1))
+        .transpose()?;
+    let before = p
+        .after
+        .as_deref()
+        .map(|v| number("after", v, 0))
+        .transpose()
+        .map_err(|_| ApiError::bad_request("after: not a cursor from a previous page"))?;
+    let mut rows = conversions::page(
+        state.store().read_pool(),
+        p.status.as_deref(),
+        lead_id,
+        before,
+        limit + 1,
+    )
+    .await
+    .map_err(store_error)?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let after = more
+        .then(|| rows.last().map(|r| r.id.to_string()))
+        .flatten();
+    let next = after.as_deref().map(|a| {
+        state
+            .links()
+            .page(&headers, uri.path(), &params, ("after", a))
+    });
+    Ok(Json(ConversionPage {
+        data: rows.into_iter().map(Conversion::from).collect(),
+        paging: Paging {
+            cursors: Cursors { after },
+            next,
+        },
+    }))
+}
+
+/// A lead's conversions and detected events, for `GET /v1/leads/{id}`.
+pub async fn events_of(
+    state: &AppState,
+    lead_id: i64,
+    ctwa_clid: Option<&str>,
+) -> Result<(Vec<Conversion>, Vec<DetectedEvent>), sqlx::Error> {
+    let pool = state.store().read_pool();
+    let mut reported = conversions::page(pool, None, Some(lead_id), None, MAX_LIMIT).await?;
+    reported.reverse();
+    let detected = match ctwa_clid {
+        Some(clid) => conversions::detected_for(pool, clid).await?,
+        None => Vec::new(),
+    };
+    Ok((
+        reported.into_iter().map(Conversion::from).collect(),
+        detected.into_iter().map(DetectedEvent::from).collect(),
+    ))
+}
+
+/// `POST /v1/dataset`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetBody {
+    /// A name for the dataset, shown in Events Manager.
+    #[schema(example = "ctwa-leads conversions", min_length = 1, max_length = 255)]
+    dataset_name: Value,
+}
+
+/// Creates the WABA's dataset (Graph `POST /{waba_id}/dataset`) and returns its id, for
+/// `[capi] dataset_id`.
+#[utoipa::path(
+    post,
+    path = "/v1/dataset",
+    tag = "conversions",
+    security(("bearer" = [])),
+    request_body = DatasetBody,
+    responses(
+        (status = 200, description = "Graph's answer: `{\"id\": …}`", body = Object),
+        (status = 400, description = "Invalid body (checked before any Graph call), or Graph's error", body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 502, description = "Graph unreachable or not JSON", body = ErrorEnvelope),
+        (status = 504, description = "Graph slower than graph.timeout_secs", body = ErrorEnvelope),
+    )
+)]
+async fn create_dataset(
+    State(state): State<AppState>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<GraphResponse, ApiError> {
+    let b: DatasetBody = object_body(body)?;
+    let name = match &b.dataset_name {
+        Value::String(s) if !crate::graph::is_blank(s) && s.chars().count() <= 255 => s.clone(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "dataset_name: expected a string of 1 to 255 characters",
+            ))
+        }
+    };
+    state
+        .graph()
+        .call(
+            Method::POST,
+            "dataset",
+            Payload::Json(serde_json::json!({ "dataset_name": name })),
+        )
+        .await
+}

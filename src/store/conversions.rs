@@ -1,0 +1,308 @@
+//! The Conversions API outbox and Meta's detected events, in the leads database. A conversion
+//! is one event for one lead, unique on `event_id` (by default `ctwa-leads.{lead}.{name}`, so a
+//! lead reports each event name once); the API and the projector (auto `LeadSubmitted`) insert,
+//! the CAPI worker takes due ones in batches ([`due`]) and records how they went ([`record`]).
+//! Detected events (`automatic_events` webhooks) are stored once per Meta id by the projector.
+
+use rusqlite::{params, Connection};
+use sqlx::{FromRow, QueryBuilder, Sqlite, SqlitePool};
+
+pub use crate::leads::detected::NewDetected;
+
+/// The event id a conversion gets when the caller gives none: one per (lead, event name).
+pub fn default_event_id(lead_id: i64, event_name: &str) -> String {
+    format!("ctwa-leads.{lead_id}.{event_name}")
+}
+
+/// A conversion to queue.
+#[derive(Debug, Clone)]
+pub struct NewConversion {
+    pub event_id: String,
+    pub lead_id: i64,
+    pub event_name: String,
+    /// Unix seconds.
+    pub event_time: i64,
+    pub value: Option<f64>,
+    pub currency: Option<String>,
+}
+
+/// A conversion as stored.
+#[derive(Debug, Clone, FromRow, PartialEq)]
+pub struct ConversionRow {
+    pub id: i64,
+    pub event_id: String,
+    pub lead_id: i64,
+    pub event_name: String,
+    pub event_time: i64,
+    pub value: Option<f64>,
+    pub currency: Option<String>,
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: Option<i64>,
+    pub last_status_code: Option<i64>,
+    pub last_error: Option<String>,
+    pub error_code: Option<i64>,
+    pub error_subcode: Option<i64>,
+    pub fbtrace_id: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const COLUMNS: &str = "id, event_id, lead_id, event_name, event_time, value, currency, status, \
+    attempts, next_attempt_at, last_status_code, last_error, error_code, error_subcode, \
+    fbtrace_id, created_at, updated_at";
+
+/// Queues `LeadSubmitted` for a lead the projector just created; inside its transaction.
+/// Returns 1 when queued (0 when that event already exists).
+pub(super) fn enqueue_lead_submitted(
+    conn: &Connection,
+    lead_id: i64,
+    event_time: i64,
+    now_ms: i64,
+) -> rusqlite::Result<u64> {
+    let n = conn
+        .prepare_cached(
+            "INSERT INTO conversions (event_id, lead_id, event_name, event_time, next_attempt_at, \
+             created_at, updated_at) VALUES (?1, ?2, 'LeadSubmitted', ?3, ?4, ?4, ?4) \
+             ON CONFLICT (event_id) DO NOTHING",
+        )?
+        .execute(params![
+            default_event_id(lead_id, "LeadSubmitted"),
+            lead_id,
+            event_time,
+            now_ms
+        ])?;
+    Ok(n as u64)
+}
+
+/// Queues `new` unless its `event_id` exists: returns the row, and whether it is new.
+pub async fn insert(
+    pool: &SqlitePool,
+    new: &NewConversion,
+    now_ms: i64,
+) -> Result<(ConversionRow, bool), sqlx::Error> {
+    let created: Option<ConversionRow> = sqlx::query_as(&format!(
+        "INSERT INTO conversions (event_id, lead_id, event_name, event_time, value, currency, \
+         next_attempt_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7) \
+         ON CONFLICT (event_id) DO NOTHING RETURNING {COLUMNS}"
+    ))
+    .bind(&new.event_id)
+    .bind(new.lead_id)
+    .bind(&new.event_name)
+    .bind(new.event_time)
+    .bind(new.value)
+    .bind(&new.currency)
+    .bind(now_ms)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(row) = created {
+        return Ok((row, true));
+    }
+    let existing = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM conversions WHERE event_id = ?"
+    ))
+    .bind(&new.event_id)
+    .fetch_one(pool)
+    .await?;
+    Ok((existing, false))
+}
+
+/// A conversion due to be sent, with what Meta needs from its lead.
+#[derive(Debug, Clone, FromRow)]
+pub struct DueConversion {
+    pub id: i64,
+    pub event_id: String,
+    pub event_name: String,
+    pub event_time: i64,
+    pub value: Option<f64>,
+    pub currency: Option<String>,
+    pub step: i64,
+    pub ctwa_clid: Option<String>,
+    pub waba_id: Option<String>,
+}
+
+/// Up to `limit` pending conversions due by `now_ms`, oldest due first.
+pub async fn due(
+    pool: &SqlitePool,
+    now_ms: i64,
+    limit: usize,
+) -> Result<Vec<DueConversion>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT c.id, c.event_id, c.event_name, c.event_time, c.value, c.currency, c.step, \
+         l.ctwa_clid, l.waba_id FROM conversions c JOIN leads l ON l.id = c.lead_id \
+         WHERE c.status = 'pending' AND c.next_attempt_at <= ? \
+         ORDER BY c.next_attempt_at, c.id LIMIT ?",
+    )
+    .bind(now_ms)
+    .bind(limit as i64)
+    .fetch_all(pool)
+    .await
+}
+
+/// When the next pending conversion falls due, if any.
+pub async fn next_due(pool: &SqlitePool) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT next_attempt_at FROM conversions WHERE status = 'pending' \
+         ORDER BY next_attempt_at LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await
+}
+
+/// Graph's error, kept on a conversion.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GraphError {
+    pub status: Option<u16>,
+    pub message: String,
+    pub code: Option<i64>,
+    pub subcode: Option<i64>,
+    pub fbtrace_id: Option<String>,
+}
+
+/// What an attempt decided for one conversion.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Sent {
+        fbtrace_id: Option<String>,
+    },
+    Retry {
+        error: GraphError,
+        at_ms: i64,
+        step: i64,
+    },
+    Failed {
+        error: GraphError,
+    },
+}
+
+/// Records outcomes in one transaction.
+pub async fn record(
+    pool: &SqlitePool,
+    done: &[(i64, Outcome)],
+    now_ms: i64,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for (id, outcome) in done {
+        let (status, next, step, error) = match outcome {
+            Outcome::Sent { .. } => ("sent", None, None, None),
+            Outcome::Retry { error, at_ms, step } => {
+                ("pending", Some(*at_ms), Some(*step), Some(error))
+            }
+            Outcome::Failed { error } => ("failed", None, None, Some(error)),
+        };
+        let trace = match outcome {
+            Outcome::Sent { fbtrace_id } => fbtrace_id.clone(),
+            _ => error.and_then(|e| e.fbtrace_id.clone()),
+        };
+        sqlx::query(
+            "UPDATE conversions SET status = ?, attempts = attempts + 1, next_attempt_at = ?, \
+             step = COALESCE(?, step), last_status_code = ?, last_error = ?, error_code = ?, \
+             error_subcode = ?, fbtrace_id = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(status)
+        .bind(next)
+        .bind(step)
+        .bind(error.and_then(|e| e.status).map(i64::from))
+        .bind(error.map(|e| e.message.as_str()))
+        .bind(error.and_then(|e| e.code))
+        .bind(error.and_then(|e| e.subcode))
+        .bind(trace)
+        .bind(now_ms)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+/// One page of conversions, newest first: ids below `before`, optionally of one status/lead.
+pub async fn page(
+    pool: &SqlitePool,
+    status: Option<&str>,
+    lead_id: Option<i64>,
+    before: Option<i64>,
+    limit: u32,
+) -> Result<Vec<ConversionRow>, sqlx::Error> {
+    let mut q: QueryBuilder<Sqlite> =
+        QueryBuilder::new(format!("SELECT {COLUMNS} FROM conversions WHERE 1 = 1"));
+    if let Some(s) = status {
+        q.push(" AND status = ").push_bind(s);
+    }
+    if let Some(l) = lead_id {
+        q.push(" AND lead_id = ").push_bind(l);
+    }
+    if let Some(b) = before {
+        q.push(" AND id < ").push_bind(b);
+    }
+    q.push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(limit));
+    q.build_query_as().fetch_all(pool).await
+}
+
+/// Counts per (event name, status), for the metrics.
+pub async fn counts(pool: &SqlitePool) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT event_name, status, COUNT(*) FROM conversions GROUP BY event_name, status",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Stores detected events, once per Meta id; inside the projector's transaction. Returns how
+/// many were new.
+pub(super) fn insert_detected(
+    conn: &Connection,
+    events: &[NewDetected],
+    received_at: i64,
+) -> rusqlite::Result<u64> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO detected_events (id, event_name, event_time, ctwa_clid, waba_id, \
+         custom_data, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+    )?;
+    let mut n = 0;
+    for e in events {
+        n += stmt.execute(params![
+            e.id,
+            e.event_name,
+            e.event_time,
+            e.ctwa_clid,
+            e.waba_id,
+            e.custom_data,
+            received_at
+        ])? as u64;
+    }
+    Ok(n)
+}
+
+/// A detected event as stored.
+#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
+pub struct DetectedRow {
+    pub id: String,
+    pub event_name: String,
+    pub event_time: Option<i64>,
+    pub ctwa_clid: Option<String>,
+    pub custom_data: Option<String>,
+    pub received_at: i64,
+}
+
+/// Detected events with this click id, oldest first.
+pub async fn detected_for(
+    pool: &SqlitePool,
+    ctwa_clid: &str,
+) -> Result<Vec<DetectedRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, event_name, event_time, ctwa_clid, custom_data, received_at \
+         FROM detected_events WHERE ctwa_clid = ? ORDER BY event_time, id LIMIT 100",
+    )
+    .bind(ctwa_clid)
+    .fetch_all(pool)
+    .await
+}
+
+/// The lead with this click id (the newest, should a click id repeat).
+pub async fn lead_by_clid(pool: &SqlitePool, ctwa_clid: &str) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM leads WHERE ctwa_clid = ? ORDER BY received_at DESC LIMIT 1")
+        .bind(ctwa_clid)
+        .fetch_optional(pool)
+        .await
+}
