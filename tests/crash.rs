@@ -4,8 +4,9 @@
 //! intact; and SIGTERM under 64 busy connections exits 0 within 10 s, with the projector
 //! drained and nothing acknowledged lost.
 //!
-//! With lead forwarding on, every lead has its outbox delivery across the kills, and a send cut
-//! off by SIGKILL before its answer was recorded is sent again with the same `webhook-id`.
+//! With lead forwarding and auto LeadSubmitted on, every lead has its outbox delivery and its
+//! one conversion across the kills, and a send cut off by SIGKILL before its answer was
+//! recorded is sent again with the same `webhook-id`.
 //!
 //! CRASH_ITERATIONS (default 5) sets the kill rounds; `scripts/crash-test` runs 20 on release.
 
@@ -32,6 +33,14 @@ fn forward_to(config: &Path, url: &str) {
         "[forwarding]\nretry_schedule_secs = [0, 0.5, 0.5]\n[[forward]]\nname = \"crm\"\nurl = \"{url}\"\nsecret = \"{FORWARD_SECRET}\""
     )
     .expect("config written");
+}
+
+/// Turns on the Conversions API with auto `LeadSubmitted`, its Graph at `url`.
+fn capi_to(config: &Path, url: &str) {
+    let text = std::fs::read_to_string(config).expect("config file");
+    let text = text.replacen("[graph]", &format!("[graph]\nbase_url = \"{url}\""), 1)
+        + "\n[capi]\ndataset_id = \"1234567890\"\nauto_lead_submitted = true\n";
+    std::fs::write(config, text).expect("config written");
 }
 
 /// A destination on loopback that records each request's `webhook-id`; it never answers the
@@ -183,7 +192,7 @@ async fn wait_caught_up(client: &reqwest::Client, port: u16) {
 
 /// Every acknowledged wamid stored exactly once, and `PRAGMA integrity_check` is ok on both
 /// files.
-async fn verify(dir: &Path, acked: &[String]) -> usize {
+async fn verify(dir: &Path, acked: &[String], capi: bool) -> usize {
     for file in ["leads-log.db", "leads.db"] {
         let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.join(file).display()))
             .await
@@ -225,6 +234,23 @@ async fn verify(dir: &Path, acked: &[String]) -> usize {
         "a lead without its delivery, or the reverse"
     );
     assert_eq!(deliveries as usize, stored.len(), "one delivery per lead");
+    if capi {
+        // auto_lead_submitted: exactly one LeadSubmitted per lead, none without its lead.
+        let (not_one, orphans): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM leads l WHERE l.ctwa_clid IS NOT NULL AND \
+                     (SELECT COUNT(*) FROM conversions c WHERE c.lead_id = l.id) != 1), \
+                    (SELECT COUNT(*) FROM conversions c WHERE NOT EXISTS \
+                     (SELECT 1 FROM leads l WHERE l.id = c.lead_id))",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("conversions");
+        assert_eq!(
+            (not_one, orphans),
+            (0, 0),
+            "a lead without exactly one LeadSubmitted"
+        );
+    }
     pool.close().await;
     acked.iter().filter(|w| !stored.contains(*w)).count()
 }
@@ -244,6 +270,7 @@ async fn sigkill_under_load_loses_no_acknowledged_lead() {
         .mount(&receiver)
         .await;
     forward_to(&config, &format!("{}/hook", receiver.uri()));
+    capi_to(&config, &receiver.uri());
     let client = reqwest::Client::new();
     let acked = Arc::new(Mutex::new(Vec::new()));
     let mut seed = std::time::SystemTime::now()
@@ -272,7 +299,7 @@ async fn sigkill_under_load_loses_no_acknowledged_lead() {
     wait_ready(&client, port).await;
     wait_caught_up(&client, port).await;
     let acked = acked.lock().expect("acked").clone();
-    let lost = verify(dir.path(), &acked).await;
+    let lost = verify(dir.path(), &acked, true).await;
     server.kill().expect("SIGKILL");
     let _ = server.wait();
     eprintln!(
@@ -327,7 +354,7 @@ async fn sigterm_under_load_drains_and_exits_zero_within_ten_seconds() {
     }
     assert!(exit.success(), "exit status {exit:?}");
     let acked = acked.lock().expect("acked").clone();
-    let lost = verify(dir.path(), &acked).await;
+    let lost = verify(dir.path(), &acked, false).await;
     eprintln!(
         "graceful shutdown: exited in {took:?}, {} acknowledged, {lost} lost",
         acked.len()
