@@ -1,137 +1,32 @@
 //! The conversion routes: `POST /v1/leads/{id}/conversions` and `POST /v1/conversions` (by
 //! click id) check an event against Meta's rules and queue it, once per (lead, event name)
 //! unless the caller brings its own `event_id`; `GET /v1/conversions` lists them with their
-//! status and Graph's error; `POST /v1/dataset` creates the WABA's dataset through the Graph
-//! proxy.
+//! status and Graph's error. (The dataset they go to is created by `graph::dataset`.)
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use chrono::{DateTime, SecondsFormat, Utc};
-use reqwest::Method;
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use super::views::{Conversion, ConversionError, DetectedEvent};
 use super::MAX_EVENT_ID;
 use crate::app::AppState;
-use crate::graph::{GraphResponse, Payload};
 use crate::http::error::{object_body, ApiError, ErrorEnvelope};
+use crate::http::id_paging;
 use crate::http::query::Params;
-use crate::leads::api::{Cursors, Paging};
-use crate::store::conversions::{self, ConversionRow, DetectedRow, NewConversion};
-
-const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 500;
+use crate::leads::api::Paging;
+use crate::store::conversions::{self, NewConversion};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(lead_conversion))
         .routes(routes!(clid_conversion, list_conversions))
-        .routes(routes!(create_dataset))
-}
-
-/// A conversion event and what became of it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Conversion {
-    pub id: i64,
-    /// Meta deduplicates on it: by default `ctwa-leads.{lead_id}.{event_name}`.
-    pub event_id: String,
-    pub lead_id: i64,
-    pub event_name: String,
-    /// When it happened, RFC 3339 UTC.
-    pub event_time: String,
-    pub value: Option<f64>,
-    pub currency: Option<String>,
-    /// `pending`, `sent` or `failed`.
-    pub status: String,
-    pub attempts: i64,
-    /// When the next attempt is due (pending only), RFC 3339 UTC.
-    pub next_attempt_at: Option<String>,
-    /// Why the last attempt did not succeed (Graph's error when Graph answered).
-    pub error: Option<ConversionError>,
-    /// Graph's trace id of the last answer.
-    pub fbtrace_id: Option<String>,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-/// Graph's error, as kept on a conversion.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ConversionError {
-    /// The HTTP status Graph answered with; absent when there was no answer or the event was
-    /// refused before sending.
-    pub status: Option<i64>,
-    pub message: String,
-    pub code: Option<i64>,
-    pub subcode: Option<i64>,
-}
-
-fn rfc3339_ms(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
-
-impl From<ConversionRow> for Conversion {
-    fn from(r: ConversionRow) -> Self {
-        let error = r.last_error.map(|message| ConversionError {
-            status: r.last_status_code,
-            message,
-            code: r.error_code,
-            subcode: r.error_subcode,
-        });
-        Conversion {
-            id: r.id,
-            event_id: r.event_id,
-            lead_id: r.lead_id,
-            event_name: r.event_name,
-            event_time: rfc3339_ms(r.event_time * 1000),
-            value: r.value,
-            currency: r.currency,
-            next_attempt_at: (r.status == "pending")
-                .then_some(r.next_attempt_at)
-                .flatten()
-                .map(rfc3339_ms),
-            status: r.status,
-            attempts: r.attempts,
-            error,
-            fbtrace_id: r.fbtrace_id,
-            created_at: rfc3339_ms(r.created_at),
-            updated_at: rfc3339_ms(r.updated_at),
-        }
-    }
-}
-
-/// An event Meta detected itself in the chat (`automatic_events` webhook).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DetectedEvent {
-    /// Meta's id of the event.
-    pub id: String,
-    pub event_name: String,
-    /// Meta's timestamp, RFC 3339 UTC.
-    pub timestamp: Option<String>,
-    pub ctwa_clid: Option<String>,
-    /// As Meta sent it (for purchases: currency and value).
-    #[schema(value_type = Option<Object>)]
-    pub custom_data: Option<Value>,
-    pub received_at: String,
-}
-
-impl From<DetectedRow> for DetectedEvent {
-    fn from(r: DetectedRow) -> Self {
-        DetectedEvent {
-            id: r.id,
-            event_name: r.event_name,
-            timestamp: r.event_time.map(|s| rfc3339_ms(s * 1000)),
-            ctwa_clid: r.ctwa_clid,
-            custom_data: r.custom_data.and_then(|c| serde_json::from_str(&c).ok()),
-            received_at: rfc3339_ms(r.received_at),
-        }
-    }
 }
 
 /// A conversion for a lead given in the path.
@@ -419,14 +314,6 @@ pub struct ConversionPage {
     pub paging: Paging,
 }
 
-fn number(name: &str, value: &str, min: i64) -> Result<i64, ApiError> {
-    value
-        .parse::<i64>()
-        .ok()
-        .filter(|n| *n >= min)
-        .ok_or_else(|| ApiError::bad_request(format!("{name}: expected a whole number from {min}")))
-}
-
 /// Lists conversion events, newest first.
 #[utoipa::path(
     get,
@@ -455,54 +342,25 @@ async fn list_conversions(
             ));
         }
     }
-    let limit = match p.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(v) => v
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "limit: expected a whole number from 1 to {MAX_LIMIT}"
-                ))
-            })?,
-    };
+    let page = id_paging::Request::read(p.limit.as_deref(), p.after.as_deref())?;
     let lead_id = p
         .lead_id
         .as_deref()
-        .map(|v| number("lead_id", v, 1))
+        .map(|v| id_paging::whole("lead_id", v, 1))
         .transpose()?;
-    let before = p
-        .after
-        .as_deref()
-        .map(|v| number("after", v, 0))
-        .transpose()
-        .map_err(|_| ApiError::bad_request("after: not a cursor from a previous page"))?;
-    let mut rows = conversions::page(
+    let rows = conversions::page(
         state.store().read_pool(),
         p.status.as_deref(),
         lead_id,
-        before,
-        limit + 1,
+        page.before,
+        page.fetch(),
     )
     .await
     .map_err(store_error)?;
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let after = more
-        .then(|| rows.last().map(|r| r.id.to_string()))
-        .flatten();
-    let next = after.as_deref().map(|a| {
-        state
-            .links()
-            .page(&headers, uri.path(), &params, ("after", a))
-    });
+    let (rows, paging) = page.finish(rows, |r| r.id, &state, &headers, uri.path(), &params);
     Ok(Json(ConversionPage {
         data: rows.into_iter().map(Conversion::from).collect(),
-        paging: Paging {
-            cursors: Cursors { after },
-            next,
-        },
+        paging,
     }))
 }
 
@@ -513,7 +371,8 @@ pub async fn events_of(
     ctwa_clid: Option<&str>,
 ) -> Result<(Vec<Conversion>, Vec<DetectedEvent>), sqlx::Error> {
     let pool = state.store().read_pool();
-    let mut reported = conversions::page(pool, None, Some(lead_id), None, MAX_LIMIT).await?;
+    let mut reported =
+        conversions::page(pool, None, Some(lead_id), None, id_paging::MAX_LIMIT).await?;
     reported.reverse();
     let detected = match ctwa_clid {
         Some(clid) => conversions::detected_for(pool, clid).await?,
@@ -523,52 +382,4 @@ pub async fn events_of(
         reported.into_iter().map(Conversion::from).collect(),
         detected.into_iter().map(DetectedEvent::from).collect(),
     ))
-}
-
-/// `POST /v1/dataset`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DatasetBody {
-    /// A name for the dataset, shown in Events Manager.
-    #[schema(example = "ctwa-leads conversions", min_length = 1, max_length = 255)]
-    dataset_name: Value,
-}
-
-/// Creates the WABA's dataset (Graph `POST /{waba_id}/dataset`) and returns its id, for
-/// `[capi] dataset_id`.
-#[utoipa::path(
-    post,
-    path = "/v1/dataset",
-    tag = "conversions",
-    security(("bearer" = [])),
-    request_body = DatasetBody,
-    responses(
-        (status = 200, description = "Graph's answer: `{\"id\": …}`", body = Object),
-        (status = 400, description = "Invalid body (checked before any Graph call), or Graph's error", body = ErrorEnvelope),
-        (status = 401, body = ErrorEnvelope),
-        (status = 502, description = "Graph unreachable or not JSON", body = ErrorEnvelope),
-        (status = 504, description = "Graph slower than graph.timeout_secs", body = ErrorEnvelope),
-    )
-)]
-async fn create_dataset(
-    State(state): State<AppState>,
-    body: Result<Json<Value>, JsonRejection>,
-) -> Result<GraphResponse, ApiError> {
-    let b: DatasetBody = object_body(body)?;
-    let name = match &b.dataset_name {
-        Value::String(s) if !crate::graph::is_blank(s) && s.chars().count() <= 255 => s.clone(),
-        _ => {
-            return Err(ApiError::bad_request(
-                "dataset_name: expected a string of 1 to 255 characters",
-            ))
-        }
-    };
-    state
-        .graph()
-        .call(
-            Method::POST,
-            "dataset",
-            Payload::Json(serde_json::json!({ "dataset_name": name })),
-        )
-        .await
 }

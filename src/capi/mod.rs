@@ -6,6 +6,7 @@
 //! accepts (in one place, to follow Meta), the 7-day window and the shape of an event.
 
 pub mod api;
+pub mod views;
 mod worker;
 
 use std::time::Duration;

@@ -15,12 +15,10 @@ use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
+use crate::http::id_paging;
 use crate::http::query::Params;
-use crate::leads::api::{Cursors, Paging};
+use crate::leads::api::Paging;
 use crate::store::outbox::{self, DeliveryFilter, DeliveryRow};
-
-const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 500;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -106,15 +104,6 @@ fn store_error(err: sqlx::Error) -> ApiError {
     ApiError::unavailable("the database did not answer, retry later", err)
 }
 
-/// A whole number of at least `min`.
-fn number(name: &str, value: &str, min: i64) -> Result<i64, ApiError> {
-    value
-        .parse::<i64>()
-        .ok()
-        .filter(|n| *n >= min)
-        .ok_or_else(|| ApiError::bad_request(format!("{name}: expected a whole number from {min}")))
-}
-
 /// Lists deliveries, newest first, with filters and cursor paging.
 #[utoipa::path(
     get,
@@ -143,52 +132,28 @@ async fn list_deliveries(
             ));
         }
     }
-    let limit = match p.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(v) => v
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "limit: expected a whole number from 1 to {MAX_LIMIT}"
-                ))
-            })?,
-    };
+    let page = id_paging::Request::read(p.limit.as_deref(), p.after.as_deref())?;
     let filter = DeliveryFilter {
         destination: p.destination,
         status: p.status,
         lead_id: p
             .lead_id
             .as_deref()
-            .map(|v| number("lead_id", v, 1))
+            .map(|v| id_paging::whole("lead_id", v, 1))
             .transpose()?,
     };
-    let before = p
-        .after
-        .as_deref()
-        .map(|v| number("after", v, 0))
-        .transpose()
-        .map_err(|_| ApiError::bad_request("after: not a cursor from a previous page"))?;
-    let mut rows = outbox::page(state.store().read_pool(), &filter, before, limit + 1)
-        .await
-        .map_err(store_error)?;
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let after = more
-        .then(|| rows.last().map(|r| r.id.to_string()))
-        .flatten();
-    let next = after.as_deref().map(|a| {
-        state
-            .links()
-            .page(&headers, uri.path(), &params, ("after", a))
-    });
+    let rows = outbox::page(
+        state.store().read_pool(),
+        &filter,
+        page.before,
+        page.fetch(),
+    )
+    .await
+    .map_err(store_error)?;
+    let (rows, paging) = page.finish(rows, |r| r.id, &state, &headers, uri.path(), &params);
     Ok(Json(DeliveryPage {
         data: rows.into_iter().map(Delivery::from).collect(),
-        paging: Paging {
-            cursors: Cursors { after },
-            next,
-        },
+        paging,
     }))
 }
 

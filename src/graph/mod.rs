@@ -4,6 +4,7 @@
 //! against the seeds' rules before spending a call. Graph's own errors come back with Graph's
 //! status and `error` object intact; transport failures become 502 or 504 in our envelope.
 
+pub mod dataset;
 pub mod sequences;
 pub mod templates;
 
@@ -24,6 +25,7 @@ use crate::http::error::ApiError;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(sequences::router())
+        .merge(dataset::router())
         .merge(templates::router())
 }
 

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod contract;
 pub mod error;
+pub mod id_paging;
 pub mod links;
 pub mod query;
 pub mod request_id;
