@@ -32,13 +32,21 @@ impl Store {
             let raw_deliveries = erase_raw(&mut log, &id)?;
             log.close().map_err(|(_, err)| err)?;
             let mut leads = open_connection(&path, durability)?;
-            // Their forwarding deliveries go with the leads (none exists without its lead).
+            // Their forwarding deliveries and conversion events go with the leads (none exists
+            // without its lead), and so do the events Meta detected in their chats (linked by
+            // the leads' click ids).
             let tx = leads.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            tx.execute(
+            for sql in [
                 "DELETE FROM deliveries WHERE lead_id IN \
                  (SELECT id FROM leads WHERE wa_id = ?1 OR user_id = ?1)",
-                params![id],
-            )?;
+                "DELETE FROM conversions WHERE lead_id IN \
+                 (SELECT id FROM leads WHERE wa_id = ?1 OR user_id = ?1)",
+                "DELETE FROM detected_events WHERE ctwa_clid IN \
+                 (SELECT ctwa_clid FROM leads WHERE (wa_id = ?1 OR user_id = ?1) \
+                  AND ctwa_clid IS NOT NULL)",
+            ] {
+                tx.execute(sql, params![id])?;
+            }
             let removed = tx.execute(
                 "DELETE FROM leads WHERE wa_id = ?1 OR user_id = ?1",
                 params![id],

@@ -582,3 +582,43 @@ async fn the_dataset_is_created_through_graph() {
         .await;
     assert_eq!(r.status(), 409);
 }
+
+#[tokio::test]
+async fn erasure_takes_a_person_s_conversions_and_detected_events_along() {
+    let app = spawn_with(|s| capi(s, true)).await;
+    Mock::given(method("POST"))
+        .and(path(EVENTS_PATH))
+        .respond_with(accepted())
+        .mount(&app.graph)
+        .await;
+    app.deliver(&leads_delivery(vec![fresh_referral(
+        "wamid.E1",
+        "4915100000001",
+    )]))
+    .await;
+    let detected = delivery_of(vec![(
+        WABA_ID,
+        vec![(
+            "automatic_events",
+            json!({"automatic_events": [{"id": "wamid.DET", "event_name": "LeadSubmitted",
+                   "timestamp": 1_763_800_000, "ctwa_clid": "clid-wamid.E1"}]}),
+        )],
+    )]);
+    app.deliver(&detected).await;
+    let id = lead_id(&app, "wamid.E1").await;
+    app.wait_for_json(&format!("/v1/leads/{id}"), 10, |v| {
+        v["conversions"].as_array().is_some_and(|a| a.len() == 1)
+            && v["detected_events"]
+                .as_array()
+                .is_some_and(|a| a.len() == 1)
+    })
+    .await;
+    assert_eq!(app.delete("/v1/contacts/4915100000001").await.status(), 200);
+    assert_eq!(app.get_json("/v1/conversions").await["data"], json!([]));
+    let pool = app.outside_pool().await;
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM detected_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}
