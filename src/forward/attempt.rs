@@ -32,8 +32,8 @@ struct Event<'a> {
 /// The request body: `{"type": "lead.created", "timestamp", "data": <the lead as GET
 /// /v1/leads/{id} returns it>}`. The same bytes on every attempt (the timestamp is when the
 /// delivery was created).
-pub fn body(due: &Due) -> Result<Vec<u8>, serde_json::Error> {
-    let lead = Lead::from(due.lead.clone());
+pub fn body(due: Due) -> Result<Vec<u8>, serde_json::Error> {
+    let lead = Lead::from(due.lead);
     let timestamp = DateTime::<Utc>::from_timestamp_millis(due.queued_at)
         .unwrap_or_default()
         .to_rfc3339_opts(SecondsFormat::Millis, true);
@@ -141,21 +141,22 @@ fn excerpt(body: &[u8]) -> String {
 }
 
 /// The request, as a destination worker sends it.
-pub struct Target<'a> {
-    pub client: &'a reqwest::Client,
-    pub url: &'a reqwest::Url,
-    pub signer: &'a Signer,
+pub struct Target {
+    pub client: reqwest::Client,
+    pub url: reqwest::Url,
+    pub signer: Signer,
     pub timeout: Duration,
-    pub schedule: &'a [Duration],
+    pub schedule: std::sync::Arc<[Duration]>,
 }
 
 /// Sends `due` once and decides what follows.
-pub async fn send(target: &Target<'_>, due: &Due) -> (Mark, Verdict) {
+pub async fn send(target: &Target, due: Due) -> (Mark, Verdict) {
     let now = Utc::now();
+    let (step, webhook_id) = (due.step, due.webhook_id.clone());
     let fail = |code: Option<u16>, error: String, wait: Option<Duration>| {
         after_failure(
-            target.schedule,
-            due.step,
+            &target.schedule,
+            step,
             code,
             error,
             wait,
@@ -170,13 +171,13 @@ pub async fn send(target: &Target<'_>, due: &Due) -> (Mark, Verdict) {
         }
     };
     let timestamp = now.timestamp();
-    let signature = target.signer.sign(&due.webhook_id, timestamp, &body);
+    let signature = target.signer.sign(&webhook_id, timestamp, &body);
     let sent = target
         .client
         .post(target.url.clone())
         .timeout(target.timeout)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header("webhook-id", &due.webhook_id)
+        .header("webhook-id", webhook_id)
         .header("webhook-timestamp", timestamp.to_string())
         .header("webhook-signature", signature)
         .body(body)

@@ -100,9 +100,13 @@ impl Dispatcher {
                 .map_err(|err| bad(err.without_url().to_string()))?;
             let worker = worker::Worker {
                 state: state.clone(),
-                client,
-                signer,
-                schedule: schedule.clone(),
+                target: Arc::new(attempt::Target {
+                    client,
+                    url: d.url.clone(),
+                    signer,
+                    timeout: d.timeout,
+                    schedule: schedule.clone(),
+                }),
                 store: store.clone(),
             };
             tasks.push(tokio::spawn(worker.run(stop.clone())));

@@ -13,7 +13,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::attempt::{self, Target, Verdict};
-use super::signing::Signer;
 use super::DestinationState;
 use crate::store::outbox::{self, Attempted, Due, Mark};
 use crate::store::Store;
@@ -36,9 +35,8 @@ const FAILED_LOG_EVERY: Duration = Duration::from_secs(10);
 
 pub(super) struct Worker {
     pub state: Arc<DestinationState>,
-    pub client: reqwest::Client,
-    pub signer: Signer,
-    pub schedule: Arc<[Duration]>,
+    /// What every attempt shares (client, URL, signer, schedule): one `Arc` per send.
+    pub target: Arc<Target>,
     pub store: Store,
 }
 
@@ -279,23 +277,13 @@ impl Worker {
 
     /// The future that sends one delivery.
     fn attempt(&self, due: Due) -> impl std::future::Future<Output = Finished> + Send + 'static {
-        let client = self.client.clone();
-        let signer = self.signer.clone();
-        let schedule = self.schedule.clone();
-        let url = self.state.settings.url.clone();
-        let timeout = self.state.settings.timeout;
+        let target = self.target.clone();
         async move {
             let started = std::time::Instant::now();
-            let target = Target {
-                client: &client,
-                url: &url,
-                signer: &signer,
-                timeout,
-                schedule: &schedule,
-            };
-            let (mark, verdict) = attempt::send(&target, &due).await;
+            let id = due.delivery_id;
+            let (mark, verdict) = attempt::send(&target, due).await;
             Finished {
-                id: due.delivery_id,
+                id,
                 mark,
                 verdict,
                 elapsed: started.elapsed(),
