@@ -10,8 +10,11 @@ use super::ConfigError;
 #[serde(default, deny_unknown_fields)]
 pub struct CapiSettings {
     /// The WABA's dataset (`POST /v1/dataset` creates it); events go to `/{dataset_id}/events`.
+    /// Digits, quoted or not (`CTWA_CAPI__DATASET_ID=123` works).
+    #[serde(deserialize_with = "super::text")]
     pub dataset_id: Option<String>,
     /// Routes every event to Events Manager → Test Events, for trying the set-up.
+    #[serde(deserialize_with = "super::text")]
     pub test_event_code: Option<String>,
     /// Queue a `LeadSubmitted` for every new lead that has a `ctwa_clid`, in the projector's
     /// transaction.
@@ -76,5 +79,13 @@ mod tests {
         };
         assert!(auto.checked().is_err());
         assert!(!CapiSettings::default().checked().unwrap().enabled());
+    }
+
+    #[test]
+    fn a_dataset_id_may_be_written_as_a_number() {
+        let toml = "[webhook]\nverify_token = \"v\"\napp_secrets = [\"s\"]\n[api]\ntoken = \"t\"\n\
+                    [graph]\naccess_token = \"g\"\nwaba_id = \"1\"\n[capi]\ndataset_id = 1234567890\n";
+        let settings = crate::config::Settings::from_toml(toml).expect("valid");
+        assert_eq!(settings.capi.dataset_id.as_deref(), Some("1234567890"));
     }
 }

@@ -411,7 +411,7 @@ impl<'de> serde::de::Visitor<'de> for TextVisitor {
     }
 }
 
-fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+pub(super) fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     d.deserialize_any(TextVisitor).map(Some)
 }
 
