@@ -273,17 +273,26 @@ pub fn is_blank(s: &str) -> bool {
     s.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
 }
 
+/// The largest integer every JSON parser reads exactly (2⁵³ − 1): whole numbers are taken up
+/// to this size, either sign, and the document states the same bounds.
+pub const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
+
 /// A JSON number that is whole, as JSON Schema's `integer` means it: `60` and `60.0` alike
-/// (JSON has one number type, and clients such as Python's may write either).
+/// (JSON has one number type, and clients such as Python's may write either), within
+/// ±[`MAX_SAFE_INTEGER`]. Beyond it a float cannot say which integer it was
+/// (`-9223372036854775809` reads as the same float as `i64::MIN`).
 pub fn whole_number(value: &Value) -> Option<i64> {
     let Value::Number(n) = value else {
         return None;
     };
-    n.as_i64().or_else(|| {
-        n.as_f64()
-            .filter(|f| f.fract() == 0.0 && *f >= i64::MIN as f64 && *f < i64::MAX as f64)
-            .map(|f| f as i64)
-    })
+    let safe = -MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER;
+    n.as_i64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() <= MAX_SAFE_INTEGER as f64)
+                .map(|f| f as i64)
+        })
+        .filter(|v| safe.contains(v))
 }
 
 /// The pattern of a value that is not blank (see [`is_blank`]).
@@ -310,6 +319,10 @@ mod tests {
         assert_eq!(parse("-52627329740499.0"), Some(-52_627_329_740_499));
         assert_eq!(parse("60.5"), None);
         assert_eq!(parse("1e300"), None);
+        assert_eq!(parse("-9223372036854775809"), None);
+        assert_eq!(parse("-9223372036854775808"), None);
+        assert_eq!(parse("9007199254740991"), Some(MAX_SAFE_INTEGER));
+        assert_eq!(parse("9007199254740992"), None);
         assert_eq!(parse("\"60\""), None);
     }
 }

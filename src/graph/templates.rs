@@ -281,7 +281,7 @@ pub fn validate_template(body: &Value) -> Result<(), ApiError> {
         }
         Some(_) => {
             return Err(ApiError::bad_request(
-                "message_send_ttl_seconds: expected a whole number",
+                "message_send_ttl_seconds: expected a whole number within ±(2^53 - 1)",
             ))
         }
     }

@@ -10,7 +10,7 @@ use crate::graph::templates::{
     BUTTON_TYPES, COMPONENT_TYPES, CREATE_CATEGORIES, FORMATS, LIST_CATEGORIES, QUALITY_SCORES,
     STATUSES, SUB_CATEGORIES,
 };
-use crate::graph::NOT_BLANK;
+use crate::graph::{MAX_SAFE_INTEGER, NOT_BLANK};
 
 /// One of `values`, in any letter case (the validators compare upper-cased).
 fn ci_alternatives(values: &[&str]) -> String {
@@ -170,7 +170,7 @@ pub fn template_body() -> Value {
             "language": {"type": "string", "pattern": NOT_BLANK, "example": "en_US"},
             "category": ci_enum(CREATE_CATEGORIES),
             "allow_category_change": {"type": ["boolean", "null"]},
-            "message_send_ttl_seconds": {"type": ["integer", "null"], "minimum": i64::MIN, "maximum": i64::MAX},
+            "message_send_ttl_seconds": {"type": ["integer", "null"], "minimum": -MAX_SAFE_INTEGER, "maximum": MAX_SAFE_INTEGER},
             "sub_category": {"type": ["string", "null"], "pattern": format!("^({})$", ci_alternatives(SUB_CATEGORIES))},
             "components": {"type": "array", "minItems": 1, "items": component()}
         },
