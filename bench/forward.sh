@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Forwarding under sustained ingest: ctwa-leads as shipped, with one [[forward]] destination
 # that answers in 5 ms (bench/receiver.js), against the same server without forwarding, in the
-# same run, on production-shaped traffic (examples/loadgen, 64 connections). The outbox's
+# same run, and beside the Node peer (bench/peer, ingest only), on production-shaped traffic
+# (examples/loadgen's default mix: every contact its own wa_id and user_id, every click its own
+# ctwa_clid, 50 ads, ~80% referral messages, ~10% plain, ~10% status-only; 64 connections). The outbox's
 # pending count is sampled every second from the leads database; after the run, the time until
 # every lead was delivered. Runs: both at the most the server takes, then forwarding at each of
 # RATES (sustained deliveries/s, paced by the load generator): the queue is bounded at a rate
@@ -26,6 +28,11 @@ WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
 ulimit -n 65536 2>/dev/null || true
 cargo build --release --locked --quiet --bin ctwa-leads --example loadgen
+if [ ! -d bench/peer/node_modules/better-sqlite3/build ]; then
+  # better-sqlite3 builds from source against the local Node headers (no download).
+  (cd bench/peer && npm_config_nodedir="$(dirname "$(dirname "$(readlink -f "$(command -v node)")")")" \
+    npm install --no-audit --no-fund --silent)
+fi
 
 config() { # with-forwarding?
   cat > "$WORK/config.toml" <<TOML
@@ -65,13 +72,17 @@ PY
 }
 
 declare -A ROW RPS
-run() { # key with-forwarding? [deliveries/s]
+run() { # key yes|no|peer (forwarding on, off, or the Node peer instead) [deliveries/s]
   local key=$1 fwd=$2 rate=${3:-0}
-  rm -rf "$WORK"/bench*.db*
+  rm -rf "$WORK"/bench*.db* "$WORK"/peer.db*
   config "$fwd"
   node bench/receiver.js "$RPORT" "$DELAY_MS" >"$WORK/receiver.log" 2>&1 &
   local receiver=$!
-  RUST_LOG=warn ./target/release/ctwa-leads serve --config "$WORK/config.toml" >"$WORK/server.log" 2>&1 &
+  if [ "$fwd" = peer ]; then
+    node bench/peer/server.js "$PORT" "$SECRET" "$WORK/peer.db" 2 >"$WORK/server.log" 2>&1 &
+  else
+    RUST_LOG=warn ./target/release/ctwa-leads serve --config "$WORK/config.toml" >"$WORK/server.log" 2>&1 &
+  fi
   local server=$!
   for _ in $(seq 100); do curl -fs "$URL/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
   sleep 0.5
@@ -100,19 +111,28 @@ print(f"{v[len(v)//2]} | {v[min(len(v)-1, int(len(v)*0.99))]} | {v[-1]}")
 PY
 )
   local got; got=$(curl -fs "http://127.0.0.1:$RPORT/count" || echo '{}')
-  local leads; leads=$(python3 -c "import sqlite3; print(sqlite3.connect('$WORK/bench.db').execute('SELECT COUNT(*) FROM leads').fetchone()[0])")
+  local leads; leads=$(python3 -c "
+import sqlite3
+try: print(sqlite3.connect('file:$WORK/bench.db?mode=ro', uri=True).execute('SELECT COUNT(*) FROM leads').fetchone()[0])
+except Exception: print('-')")
   ROW[$key]="| $key | ${RPS[$key]} | $p99 | $stats | $at_end | $drain | $leads | $got |"
   kill -TERM "$server" 2>/dev/null; wait "$server" 2>/dev/null || true
   kill "$receiver" 2>/dev/null; wait "$receiver" 2>/dev/null || true
 }
 
+run peer peer
 run plain no
 run forwarding yes
 for r in $RATES; do run "forwarding@$r/s" yes "$r"; done
 echo
 echo "| run | deliveries/s | p99 ms | pending p50 | pending p99 | pending max | pending at end | all delivered after s | leads | receiver |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "${ROW[peer]}"
 echo "${ROW[plain]}"
 echo "${ROW[forwarding]}"
 for r in $RATES; do echo "${ROW[forwarding@$r/s]}"; done
 python3 -c "print(f'ingest with forwarding ÷ without: {${RPS[forwarding]} / ${RPS[plain]}:.2f}')"
+python3 -c "print(f'÷ the Node peer: without forwarding {${RPS[plain]} / ${RPS[peer]}:.2f}, with {${RPS[forwarding]} / ${RPS[peer]}:.2f}')"
+for r in $RATES; do
+  python3 -c "print(f'paced $r/s ÷ the Node peer: {${RPS[forwarding@$r/s]} / ${RPS[peer]}:.2f}')"
+done
