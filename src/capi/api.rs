@@ -50,7 +50,9 @@ pub struct ConversionBody {
     event_id: Option<String>,
 }
 
-/// A conversion for the lead with a click id (what an order system knows of the chat).
+/// A conversion for the lead with a click id (what an order system knows of the chat): the
+/// fields of [`ConversionBody`], plus `ctwa_clid`. (Written out, not flattened: serde's
+/// `deny_unknown_fields` does not work through `flatten`.)
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClidConversionBody {
@@ -69,6 +71,20 @@ pub struct ClidConversionBody {
     event_id: Option<String>,
 }
 
+impl ClidConversionBody {
+    /// The click id, and the event as the lead route takes it.
+    fn split(self) -> (String, ConversionBody) {
+        let event = ConversionBody {
+            event_name: self.event_name,
+            value: self.value,
+            currency: self.currency,
+            event_time: self.event_time,
+            event_id: self.event_id,
+        };
+        (self.ctwa_clid, event)
+    }
+}
+
 /// The event, checked against Meta's rules (everything but the lead).
 struct Checked {
     event_name: String,
@@ -78,13 +94,14 @@ struct Checked {
     event_id: Option<String>,
 }
 
-fn check(
-    event_name: String,
-    value: Option<f64>,
-    currency: Option<String>,
-    event_time: Option<Value>,
-    event_id: Option<String>,
-) -> Result<Checked, ApiError> {
+fn check(body: ConversionBody) -> Result<Checked, ApiError> {
+    let ConversionBody {
+        event_name,
+        value,
+        currency,
+        event_time,
+        event_id,
+    } = body;
     if !super::is_allowed(&event_name) {
         return Err(ApiError::bad_request(format!(
             "event_name: {event_name:?} is not an event Meta takes for business messaging; use one of {}",
@@ -157,10 +174,6 @@ fn check(
     })
 }
 
-fn store_error(err: sqlx::Error) -> ApiError {
-    ApiError::unavailable("the database did not answer, retry later", err)
-}
-
 fn not_configured() -> ApiError {
     ApiError::client(
         StatusCode::CONFLICT,
@@ -177,7 +190,7 @@ async fn queue(
 ) -> Result<(StatusCode, Json<Conversion>), ApiError> {
     let lead = crate::store::leads::by_id(state.store().read_pool(), lead_id)
         .await
-        .map_err(store_error)?
+        .map_err(ApiError::database)?
         .ok_or_else(|| ApiError::not_found(format!("no lead with id {lead_id}")))?;
     if lead.ctwa_clid.is_none() {
         return Err(ApiError::client(
@@ -201,7 +214,7 @@ async fn queue(
         let turn = state.store().write_turn().await;
         conversions::insert(turn.pool(), &new, now)
             .await
-            .map_err(store_error)?
+            .map_err(ApiError::database)?
     };
     if row.lead_id != lead_id {
         return Err(ApiError::client(
@@ -248,8 +261,7 @@ async fn lead_conversion(
     let lead_id = id
         .parse::<i64>()
         .map_err(|_| ApiError::not_found(format!("no lead with id {id}")))?;
-    let b: ConversionBody = object_body(body)?;
-    let checked = check(b.event_name, b.value, b.currency, b.event_time, b.event_id)?;
+    let checked = check(object_body(body)?)?;
     if !state.capi().enabled() {
         return Err(not_configured());
     }
@@ -276,17 +288,17 @@ async fn clid_conversion(
     State(state): State<AppState>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Conversion>), ApiError> {
-    let b: ClidConversionBody = object_body(body)?;
-    if crate::graph::is_blank(&b.ctwa_clid) {
+    let (ctwa_clid, event) = object_body::<ClidConversionBody>(body)?.split();
+    if crate::graph::is_blank(&ctwa_clid) {
         return Err(ApiError::bad_request("ctwa_clid: must not be empty"));
     }
-    let checked = check(b.event_name, b.value, b.currency, b.event_time, b.event_id)?;
+    let checked = check(event)?;
     if !state.capi().enabled() {
         return Err(not_configured());
     }
-    let lead_id = conversions::lead_by_clid(state.store().read_pool(), &b.ctwa_clid)
+    let lead_id = crate::store::leads::id_by_clid(state.store().read_pool(), &ctwa_clid)
         .await
-        .map_err(store_error)?
+        .map_err(ApiError::database)?
         .ok_or_else(|| ApiError::not_found("no lead with this ctwa_clid"))?;
     queue(&state, lead_id, checked).await
 }
@@ -356,7 +368,7 @@ async fn list_conversions(
         page.fetch(),
     )
     .await
-    .map_err(store_error)?;
+    .map_err(ApiError::database)?;
     let (rows, paging) = page.finish(rows, |r| r.id, &state, &headers, uri.path(), &params);
     Ok(Json(ConversionPage {
         data: rows.into_iter().map(Conversion::from).collect(),

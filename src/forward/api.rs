@@ -100,10 +100,6 @@ pub struct DeliveryParams {
     after: Option<String>,
 }
 
-fn store_error(err: sqlx::Error) -> ApiError {
-    ApiError::unavailable("the database did not answer, retry later", err)
-}
-
 /// Lists deliveries, newest first, with filters and cursor paging.
 #[utoipa::path(
     get,
@@ -149,7 +145,7 @@ async fn list_deliveries(
         page.fetch(),
     )
     .await
-    .map_err(store_error)?;
+    .map_err(ApiError::database)?;
     let (rows, paging) = page.finish(rows, |r| r.id, &state, &headers, uri.path(), &params);
     Ok(Json(DeliveryPage {
         data: rows.into_iter().map(Delivery::from).collect(),
@@ -185,7 +181,7 @@ async fn get_delivery(
     let id = delivery_id(id)?;
     outbox::by_id(state.store().read_pool(), id)
         .await
-        .map_err(store_error)?
+        .map_err(ApiError::database)?
         .map(|row| Json(Delivery::from(row)))
         .ok_or_else(|| ApiError::not_found(format!("no delivery with id {id}")))
 }
@@ -215,7 +211,7 @@ async fn retry_delivery(
     let not_found = || ApiError::not_found(format!("no delivery with id {id}"));
     let row = outbox::by_id(state.store().read_pool(), id)
         .await
-        .map_err(store_error)?
+        .map_err(ApiError::database)?
         .ok_or_else(not_found)?;
     if row.status == "succeeded" {
         return Err(ApiError::client(
@@ -230,7 +226,7 @@ async fn retry_delivery(
     let now = Utc::now().timestamp_millis();
     let row = outbox::retry(state.store().write_turn().await.pool(), id, now, last_step)
         .await
-        .map_err(store_error)?
+        .map_err(ApiError::database)?
         .ok_or_else(|| {
             ApiError::client(
                 StatusCode::CONFLICT,
@@ -313,7 +309,7 @@ async fn replay(
         now,
     )
     .await
-    .map_err(store_error)?;
+    .map_err(ApiError::database)?;
     state.store().outbox_wake().notify();
     tracing::info!(destination = %name, enqueued, "forwarding replay enqueued");
     Ok((

@@ -78,6 +78,11 @@ impl ApiError {
         Self::client(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
+    /// The database failed or timed out: 503, the cause logged, not shown.
+    pub fn database(detail: impl std::fmt::Display) -> Self {
+        Self::unavailable("the database did not answer, retry later", detail)
+    }
+
     pub fn unavailable(public: &'static str, detail: impl std::fmt::Display) -> Self {
         ApiError::Server {
             status: StatusCode::SERVICE_UNAVAILABLE,

@@ -248,10 +248,6 @@ pub struct Cursors {
     pub after: Option<String>,
 }
 
-fn store_error(err: sqlx::Error) -> ApiError {
-    ApiError::unavailable("the database did not answer, retry later", err)
-}
-
 /// Parameters each route takes.
 const FILTERS: &[&str] = &[
     "source_id",
@@ -296,7 +292,7 @@ async fn list_leads(
     // One extra row says whether another page exists.
     let mut rows = q::page(state.store().read_pool(), &filter, before, limit + 1)
         .await
-        .map_err(store_error)?;
+        .map_err(ApiError::database)?;
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     let after = more
@@ -340,12 +336,12 @@ async fn get_lead(
     };
     let row = q::by_id(state.store().read_pool(), numeric)
         .await
-        .map_err(store_error)?
+        .map_err(ApiError::database)?
         .ok_or_else(not_found)?;
     let (conversions, detected_events) =
         crate::capi::api::events_of(&state, row.id, row.ctwa_clid.as_deref())
             .await
-            .map_err(store_error)?;
+            .map_err(ApiError::database)?;
     Ok(Json(LeadDetail {
         lead: Lead::from(row),
         conversions,
@@ -573,7 +569,7 @@ async fn lead_stats(
     let filter = params.to::<FilterParams>()?.into_filter()?;
     let rows = q::stats(state.store().read_pool(), &filter)
         .await
-        .map_err(store_error)?;
+        .map_err(ApiError::database)?;
     Ok(Json(Stats {
         data: rows
             .into_iter()

@@ -45,10 +45,11 @@ async fn erase_contact(
             "id: expected a wa_id or user_id of 1 to {MAX_ID} characters"
         )));
     }
-    let erased =
-        state.store().erase_contact(id).await.map_err(|err| {
-            ApiError::unavailable("the database did not answer, retry later", err)
-        })?;
+    let erased = state
+        .store()
+        .erase_contact(id)
+        .await
+        .map_err(ApiError::database)?;
     // The audit trail: that an erasure happened and what it removed, never whose.
     tracing::info!(
         target: "audit",

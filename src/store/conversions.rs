@@ -298,11 +298,3 @@ pub async fn detected_for(
     .fetch_all(pool)
     .await
 }
-
-/// The lead with this click id (the newest, should a click id repeat).
-pub async fn lead_by_clid(pool: &SqlitePool, ctwa_clid: &str) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT id FROM leads WHERE ctwa_clid = ? ORDER BY received_at DESC LIMIT 1")
-        .bind(ctwa_clid)
-        .fetch_optional(pool)
-        .await
-}

@@ -125,6 +125,14 @@ pub async fn by_id(pool: &SqlitePool, id: i64) -> Result<Option<LeadRow>, sqlx::
         .await
 }
 
+/// The lead with this click id (the newest, should a click id repeat).
+pub async fn id_by_clid(pool: &SqlitePool, ctwa_clid: &str) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM leads WHERE ctwa_clid = ? ORDER BY received_at DESC LIMIT 1")
+        .bind(ctwa_clid)
+        .fetch_optional(pool)
+        .await
+}
+
 pub async fn by_wamid(pool: &SqlitePool, wamid: &str) -> Result<Option<LeadRow>, sqlx::Error> {
     sqlx::query_as(&format!("SELECT {COLUMNS} FROM leads WHERE wamid = ?"))
         .bind(wamid)

@@ -50,6 +50,26 @@ fn leads_delivery(messages: Vec<Value>) -> Vec<u8> {
     ))
 }
 
+/// Graph's events edge accepts every request.
+async fn graph_accepts(app: &TestApp) {
+    Mock::given(method("POST"))
+        .and(path(EVENTS_PATH))
+        .respond_with(accepted())
+        .mount(&app.graph)
+        .await;
+}
+
+/// Delivers one referral message sent now, from `from`.
+async fn deliver_fresh(app: &TestApp, wamid: &str, from: &str) {
+    app.deliver(&leads_delivery(vec![fresh_referral(wamid, from)]))
+        .await;
+}
+
+/// A delivery of one `automatic_events` change with this value.
+fn detected_delivery(value: Value) -> Vec<u8> {
+    delivery_of(vec![(WABA_ID, vec![("automatic_events", value)])])
+}
+
 async fn lead_id(app: &TestApp, wamid: &str) -> i64 {
     app.lead(wamid).await.expect("the lead is stored").id
 }
@@ -97,11 +117,7 @@ async fn a_conversion_reaches_graph_exactly_as_meta_documents_it() {
         .respond_with(accepted())
         .mount(&app.graph)
         .await;
-    app.deliver(&leads_delivery(vec![fresh_referral(
-        "wamid.C1",
-        "4915100000001",
-    )]))
-    .await;
+    deliver_fresh(&app, "wamid.C1", "4915100000001").await;
     let id = lead_id(&app, "wamid.C1").await;
     let at = chrono::Utc::now().timestamp() - 3600;
     let r = app
@@ -149,11 +165,7 @@ async fn a_conversion_reaches_graph_exactly_as_meta_documents_it() {
 #[tokio::test]
 async fn events_are_checked_locally_before_anything_is_queued() {
     let app = spawn_with(|s| capi(s, false)).await;
-    app.deliver(&leads_delivery(vec![fresh_referral(
-        "wamid.C2",
-        "4915100000001",
-    )]))
-    .await;
+    deliver_fresh(&app, "wamid.C2", "4915100000001").await;
     let id = lead_id(&app, "wamid.C2").await;
     let now = chrono::Utc::now().timestamp();
     let url = format!("/v1/leads/{id}/conversions");
@@ -255,16 +267,8 @@ async fn a_lead_without_a_click_id_is_422_and_graph_is_never_called() {
 #[tokio::test]
 async fn concurrent_identical_requests_are_one_event() {
     let app = spawn_with(|s| capi(s, false)).await;
-    Mock::given(method("POST"))
-        .and(path(EVENTS_PATH))
-        .respond_with(accepted())
-        .mount(&app.graph)
-        .await;
-    app.deliver(&leads_delivery(vec![fresh_referral(
-        "wamid.C3",
-        "4915100000001",
-    )]))
-    .await;
+    graph_accepts(&app).await;
+    deliver_fresh(&app, "wamid.C3", "4915100000001").await;
     let url = format!("/v1/leads/{}/conversions", lead_id(&app, "wamid.C3").await);
     let body = json!({"event_name": "Purchase", "value": 5, "currency": "EUR"});
     let answers = futures_util::future::join_all((0..12).map(|_| app.post_json(&url, &body))).await;
@@ -304,11 +308,7 @@ async fn events_go_in_batches_and_a_bad_event_fails_alone() {
         .with_priority(1)
         .mount(&app.graph)
         .await;
-    Mock::given(method("POST"))
-        .and(path(EVENTS_PATH))
-        .respond_with(accepted())
-        .mount(&app.graph)
-        .await;
+    graph_accepts(&app).await;
     let messages = ["wamid.B1", "wamid.B2", "wamid.BAD", "wamid.B4", "wamid.B5"]
         .iter()
         .enumerate()
@@ -367,11 +367,7 @@ async fn server_errors_and_rate_limits_are_retried() {
         .with_priority(3)
         .mount(&app.graph)
         .await;
-    app.deliver(&leads_delivery(vec![fresh_referral(
-        "wamid.R1",
-        "4915100000001",
-    )]))
-    .await;
+    deliver_fresh(&app, "wamid.R1", "4915100000001").await;
     let id = lead_id(&app, "wamid.R1").await;
     let r = app
         .post_json(
@@ -422,11 +418,7 @@ async fn the_seven_day_window_is_kept_locally_and_on_retry() {
         "never sent"
     );
 
-    app.deliver(&leads_delivery(vec![fresh_referral(
-        "wamid.EDGE",
-        "4915100000009",
-    )]))
-    .await;
+    deliver_fresh(&app, "wamid.EDGE", "4915100000009").await;
     let edge = lead_id(&app, "wamid.EDGE").await;
     let at = chrono::Utc::now().timestamp() - 7 * 86_400 + 2;
     let r = app
@@ -470,11 +462,7 @@ async fn auto_lead_submitted_is_one_event_per_lead_across_a_restart() {
     ]);
     app.deliver(&batch).await;
     app = app.restart_with(|s| capi(s, true)).await;
-    Mock::given(method("POST"))
-        .and(path(EVENTS_PATH))
-        .respond_with(accepted())
-        .mount(&app.graph)
-        .await;
+    graph_accepts(&app).await;
     // Meta re-delivers the same messages after the restart.
     app.deliver(&batch).await;
     let all = app
@@ -504,30 +492,20 @@ async fn auto_lead_submitted_is_one_event_per_lead_across_a_restart() {
 #[tokio::test]
 async fn meta_s_detected_events_are_stored_once_and_shown_on_the_lead() {
     let app = spawn_app().await;
-    app.deliver(&leads_delivery(vec![fresh_referral(
-        "wamid.D1",
-        "4915100000001",
-    )]))
-    .await;
+    deliver_fresh(&app, "wamid.D1", "4915100000001").await;
     let id = lead_id(&app, "wamid.D1").await;
     // Shaped like Meta's automatic_events reference.
-    let detected = delivery_of(vec![(
-        WABA_ID,
-        vec![(
-            "automatic_events",
-            json!({
-                "messaging_product": "whatsapp",
-                "metadata": {"display_phone_number": "15550001111", "phone_number_id": "PN1"},
-                "automatic_events": [{
-                    "id": "wamid.HBgLMTIzNDU2Nzg5MAA=",
-                    "event_name": "Purchase",
-                    "timestamp": 1_763_800_000,
-                    "ctwa_clid": "clid-wamid.D1",
-                    "custom_data": {"currency": "USD", "value": 25.5}
-                }]
-            }),
-        )],
-    )]);
+    let detected = detected_delivery(json!({
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550001111", "phone_number_id": "PN1"},
+        "automatic_events": [{
+            "id": "wamid.HBgLMTIzNDU2Nzg5MAA=",
+            "event_name": "Purchase",
+            "timestamp": 1_763_800_000,
+            "ctwa_clid": "clid-wamid.D1",
+            "custom_data": {"currency": "USD", "value": 25.5}
+        }]
+    }));
     assert_eq!(app.deliver(&detected).await.status(), 200);
     assert_eq!(app.deliver(&detected).await.status(), 200, "a re-delivery");
     let lead = app
@@ -586,24 +564,12 @@ async fn the_dataset_is_created_through_graph() {
 #[tokio::test]
 async fn erasure_takes_a_person_s_conversions_and_detected_events_along() {
     let app = spawn_with(|s| capi(s, true)).await;
-    Mock::given(method("POST"))
-        .and(path(EVENTS_PATH))
-        .respond_with(accepted())
-        .mount(&app.graph)
-        .await;
-    app.deliver(&leads_delivery(vec![fresh_referral(
-        "wamid.E1",
-        "4915100000001",
-    )]))
-    .await;
-    let detected = delivery_of(vec![(
-        WABA_ID,
-        vec![(
-            "automatic_events",
-            json!({"automatic_events": [{"id": "wamid.DET", "event_name": "LeadSubmitted",
+    graph_accepts(&app).await;
+    deliver_fresh(&app, "wamid.E1", "4915100000001").await;
+    let detected = detected_delivery(
+        json!({"automatic_events": [{"id": "wamid.DET", "event_name": "LeadSubmitted",
                    "timestamp": 1_763_800_000, "ctwa_clid": "clid-wamid.E1"}]}),
-        )],
-    )]);
+    );
     app.deliver(&detected).await;
     let id = lead_id(&app, "wamid.E1").await;
     app.wait_for_json(&format!("/v1/leads/{id}"), 10, |v| {
