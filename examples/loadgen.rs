@@ -7,7 +7,8 @@
 //!     --duration 10 --secret example-app-secret --api-token example-api-token
 //!
 //! Traffic shaped like production: every contact has its own `wa_id` and BSUID `user_id`, every
-//! click its own `ctwa_clid`, across 50 ads; message text drawn from a vocabulary (not one
+//! click its own `ctwa_clid`, every message a random `wamid` (as Meta's are, so the unique index
+//! takes them in random order), across 50 ads; message text drawn from a vocabulary (not one
 //! repeated sentence, which would compress unrealistically well); names with non-ASCII; bodies
 //! of 1.5–2.5 KB, escaped like Meta's.
 //! - `--mix real` (default): ~80% referral deliveries (a tenth of them batches of 2–5
@@ -345,7 +346,9 @@ async fn worker(conn: usize, shared: Shared) -> Outcome {
             }
         }
         let t = &templates[rng.below(templates.len() as u64) as usize];
-        let id = format!("{nonce:x}.{conn}.{n}");
+        // Real wamids are random (`wamid.HBgL…` with a random message id), so the `wamid`
+        // index takes them in random order; a random head keeps that, the tail keeps it unique.
+        let id = format!("{:012x}.{nonce:x}.{conn}.{n}", rng.next() >> 16);
         n += 1;
         // Every request a new contact (wa_id and BSUID) and a new click.
         let unique = rng.next();
