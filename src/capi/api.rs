@@ -19,7 +19,7 @@ use super::MAX_EVENT_ID;
 use crate::app::AppState;
 use crate::http::error::{object_body, ApiError, ErrorEnvelope};
 use crate::http::id_paging;
-use crate::http::query::Params;
+use crate::http::query::{self, Params};
 use crate::leads::api::Paging;
 use crate::store::conversions::{self, NewConversion};
 
@@ -347,13 +347,11 @@ async fn list_conversions(
 ) -> Result<Json<ConversionPage>, ApiError> {
     params.only(&["status", "lead_id", "limit", "after"])?;
     let p: ConversionParams = params.to()?;
-    if let Some(s) = &p.status {
-        if !matches!(s.as_str(), "pending" | "sent" | "failed") {
-            return Err(ApiError::bad_request(
-                "status: expected pending, sent or failed",
-            ));
-        }
-    }
+    query::one_of(
+        "status",
+        p.status.as_deref(),
+        &["pending", "sent", "failed"],
+    )?;
     let page = id_paging::Request::read(p.limit.as_deref(), p.after.as_deref())?;
     let lead_id = p
         .lead_id

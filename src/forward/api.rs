@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::id_paging;
-use crate::http::query::Params;
+use crate::http::query::{self, Params};
 use crate::leads::api::Paging;
 use crate::store::outbox::{self, DeliveryFilter, DeliveryRow};
 
@@ -121,13 +121,11 @@ async fn list_deliveries(
 ) -> Result<Json<DeliveryPage>, ApiError> {
     params.only(&["destination", "status", "lead_id", "limit", "after"])?;
     let p: DeliveryParams = params.to()?;
-    if let Some(s) = &p.status {
-        if !matches!(s.as_str(), "pending" | "failed" | "succeeded") {
-            return Err(ApiError::bad_request(
-                "status: expected pending, failed or succeeded",
-            ));
-        }
-    }
+    query::one_of(
+        "status",
+        p.status.as_deref(),
+        &["pending", "failed", "succeeded"],
+    )?;
     let page = id_paging::Request::read(p.limit.as_deref(), p.after.as_deref())?;
     let filter = DeliveryFilter {
         destination: p.destination,

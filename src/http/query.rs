@@ -119,6 +119,21 @@ impl Params {
     }
 }
 
+/// Checks that the parameter `name`, if given, is one of `allowed` (a 400 listing them if not).
+pub fn one_of(name: &str, value: Option<&str>, allowed: &[&str]) -> Result<(), ApiError> {
+    match value {
+        Some(v) if !allowed.contains(&v) => {
+            let list = match allowed.split_last() {
+                Some((last, [])) => (*last).to_owned(),
+                Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+                None => String::new(),
+            };
+            Err(ApiError::bad_request(format!("{name}: expected {list}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +149,19 @@ mod tests {
             let err = Params::parse_query(bad).unwrap_err();
             assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST, "{bad}");
         }
+    }
+
+    #[test]
+    fn one_of_lists_the_values_it_takes() {
+        assert!(one_of("status", None, &["a", "b"]).is_ok());
+        assert!(one_of("status", Some("b"), &["a", "b"]).is_ok());
+        let err = one_of("status", Some("c"), &["pending", "sent", "failed"]).unwrap_err();
+        assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST);
+        assert!(
+            err.to_string()
+                .starts_with("status: expected pending, sent or failed"),
+            "{err}"
+        );
     }
 
     #[test]
