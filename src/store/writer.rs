@@ -63,11 +63,57 @@ struct WalSync {
     /// Waiters of committed batches, with the last log id they hold.
     tx: std::sync::mpsc::Sender<(Vec<Waiter>, i64)>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    slots: Arc<Slots>,
+}
+
+/// Committed batches not yet answered by a flush, and a bell rung when one is.
+///
+/// With every flush thread busy, a batch committed now would only wait for one of them to end;
+/// the writer waits for that instead ([`WalSync::wait_for_slot`]) and commits whatever queued
+/// meanwhile as one transaction. Under load that turns runs of one-delivery commits (a WAL page,
+/// a commit's CPU and later a checkpoint copy each) into one commit per flush, at no cost in
+/// latency: the flush that answers them starts no later than it would have.
+#[derive(Default)]
+struct Slots {
+    unanswered: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+impl Slots {
+    fn add(&self) {
+        if let Ok(mut n) = self.unanswered.lock() {
+            *n += 1;
+        }
+    }
+
+    fn answered(&self, batches: usize) {
+        if let Ok(mut n) = self.unanswered.lock() {
+            *n = n.saturating_sub(batches);
+            self.freed.notify_all();
+        }
+    }
+
+    /// Waits (at most `timeout`) until fewer than `FLUSH_THREADS` batches are unanswered;
+    /// returns whether it had to wait.
+    fn wait(&self, timeout: Duration) -> bool {
+        let Ok(n) = self.unanswered.lock() else {
+            return false;
+        };
+        if *n < FLUSH_THREADS {
+            return false;
+        }
+        let _ = self
+            .freed
+            .wait_timeout_while(n, timeout, |n| *n >= FLUSH_THREADS);
+        true
+    }
 }
 
 /// Flush threads: while one waits for the disk, the next commit's waiters need not wait for
 /// that flush to end before theirs starts.
 const FLUSH_THREADS: usize = 2;
+/// A backstop: a flush that takes this long does not hold the next commit back any further.
+const SLOT_WAIT_MAX: Duration = Duration::from_millis(50);
 
 impl WalSync {
     fn start(
@@ -77,27 +123,39 @@ impl WalSync {
     ) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel::<(Vec<Waiter>, i64)>();
         let rx = Arc::new(std::sync::Mutex::new(rx));
+        let slots = Arc::new(Slots::default());
         let mut threads = Vec::with_capacity(FLUSH_THREADS);
         for _ in 0..FLUSH_THREADS {
-            let (rx, wal, healthy, progress) =
-                (rx.clone(), wal.clone(), healthy.clone(), progress.clone());
+            let (rx, wal, healthy, progress, slots) = (
+                rx.clone(),
+                wal.clone(),
+                healthy.clone(),
+                progress.clone(),
+                slots.clone(),
+            );
             threads.push(
                 std::thread::Builder::new()
                     .name("wal-sync".into())
-                    .spawn(move || flush_loop(&rx, &wal, &healthy, &progress))?,
+                    .spawn(move || flush_loop(&rx, &wal, &healthy, &progress, &slots))?,
             );
         }
-        Ok(Self { tx, threads })
+        Ok(Self { tx, threads, slots })
     }
 
     fn submit(&self, waiters: Vec<Waiter>, last_id: i64) {
+        self.slots.add();
         // The threads end only after `tx` is dropped, so this cannot fail.
         let _ = self.tx.send((waiters, last_id));
     }
 
+    /// Waits until a flush thread is free to take the next batch; see [`Slots`].
+    fn wait_for_slot(&self) -> bool {
+        self.slots.wait(SLOT_WAIT_MAX)
+    }
+
     /// Flushes and answers what is pending, then stops the threads.
     fn finish(self) {
-        let Self { tx, threads } = self;
+        let Self { tx, threads, .. } = self;
         drop(tx);
         for thread in threads {
             if thread.join().is_err() {
@@ -115,18 +173,21 @@ fn flush_loop(
     wal: &std::path::Path,
     healthy: &AtomicBool,
     progress: &Progress,
+    slots: &Slots,
 ) {
     loop {
-        let (waiters, last_id) = {
+        let (waiters, last_id, batches) = {
             let Ok(rx) = rx.lock() else { return };
             let Ok((mut waiters, mut last_id)) = rx.recv() else {
                 return;
             };
+            let mut batches = 1;
             while let Ok((more, id)) = rx.try_recv() {
                 waiters.extend(more);
                 last_id = last_id.max(id);
+                batches += 1;
             }
-            (waiters, last_id)
+            (waiters, last_id, batches)
         };
         let started = std::time::Instant::now();
         let synced = sync_data(wal);
@@ -146,6 +207,7 @@ fn flush_loop(
         for waiter in waiters {
             let _ = waiter.send(answer);
         }
+        slots.answered(batches);
     }
 }
 
@@ -288,15 +350,11 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Msg>, sync: Option<WalSync>) {
         let mut batch: Vec<Job> = Vec::with_capacity(self.max_batch);
         while let Some(msg) = rx.blocking_recv() {
-            let mut next = Some(msg);
-            while let Some(msg) = next.take() {
-                match msg {
-                    Msg::Job(job) => batch.push(job),
-                    // New submissions now fail fast; queued ones are still received.
-                    Msg::Stop => rx.close(),
-                }
-                if batch.len() < self.max_batch {
-                    next = rx.try_recv().ok();
+            self.gather(&mut rx, &mut batch, Some(msg));
+            // Every flush thread busy: what arrives until one is free joins this commit.
+            if let Some(sync) = &sync {
+                if batch.len() < self.max_batch && sync.wait_for_slot() {
+                    self.gather(&mut rx, &mut batch, None);
                 }
             }
             if batch.is_empty() {
@@ -357,6 +415,21 @@ impl Writer {
             }
         }
         tracing::debug!("writer stopped");
+    }
+
+    /// Adds `first` and whatever else is queued to `batch`, up to `max_batch`.
+    fn gather(&self, rx: &mut mpsc::Receiver<Msg>, batch: &mut Vec<Job>, first: Option<Msg>) {
+        let mut next = first.or_else(|| rx.try_recv().ok());
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Job(job) => batch.push(job),
+                // New submissions now fail fast; queued ones are still received.
+                Msg::Stop => rx.close(),
+            }
+            if batch.len() < self.max_batch {
+                next = rx.try_recv().ok();
+            }
+        }
     }
 
     fn commit(&mut self, batch: &[Job]) -> rusqlite::Result<()> {
