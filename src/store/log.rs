@@ -262,6 +262,9 @@ pub struct Progress {
     pub oldest_unprojected_ms: AtomicI64,
     /// The projector's last transaction failed.
     pub projector_failing: AtomicBool,
+    /// The projector is waiting for work: only then does a new durable id need to wake it (a
+    /// wake for every flush cost it, and the flush thread, a context switch each).
+    idle: AtomicBool,
     handoff: Mutex<Handoff>,
     wake: Mutex<bool>,
     bell: Condvar,
@@ -310,10 +313,24 @@ impl Progress {
         out
     }
 
-    /// Publishes a durable id and wakes the projector.
+    /// Publishes a durable id, and wakes the projector if it is waiting for work.
     pub fn mark_durable(&self, id: i64) {
-        self.durable.fetch_max(id, Ordering::AcqRel);
-        self.wake();
+        // SeqCst on both sides (here and in `wait_for_work`): either the projector sees the
+        // new id before it sleeps, or this sees it idle and rings.
+        self.durable.fetch_max(id, Ordering::SeqCst);
+        if self.idle.load(Ordering::SeqCst) {
+            self.wake();
+        }
+    }
+
+    /// The projector's wait when it has projected everything up to `seen`: until a durable id
+    /// past it is published, [`Self::wake`] is called, or `timeout` passes.
+    pub fn wait_for_work(&self, seen: i64, timeout: Duration) {
+        self.idle.store(true, Ordering::SeqCst);
+        if self.durable.load(Ordering::SeqCst) <= seen {
+            self.wait(timeout);
+        }
+        self.idle.store(false, Ordering::SeqCst);
     }
 
     /// Wakes the projector (to see new durable entries, or that it should stop).
@@ -324,7 +341,8 @@ impl Progress {
         }
     }
 
-    /// Waits for [`Self::mark_durable`] or `timeout`.
+    /// Waits for [`Self::wake`] (or a durable id while idle, see [`Self::wait_for_work`]) or
+    /// `timeout`.
     pub fn wait(&self, timeout: Duration) {
         let Ok(mut woken) = self.wake.lock() else {
             return;
@@ -405,6 +423,47 @@ mod tests {
         }
         let taken = p.take(10, i64::MAX, usize::MAX);
         assert_eq!(taken.len(), HANDOFF_MAX_LEADS);
+    }
+
+    #[test]
+    fn a_durable_id_wakes_an_idle_projector_but_not_a_pacing_one() {
+        let p = std::sync::Arc::new(Progress::default());
+        let marker = {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                p.mark_durable(1);
+            })
+        };
+        let started = std::time::Instant::now();
+        p.wait_for_work(0, Duration::from_secs(10));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the new id ended the idle wait"
+        );
+        marker.join().expect("marker");
+        // Already past what was seen: no wait at all.
+        let started = std::time::Instant::now();
+        p.wait_for_work(0, Duration::from_secs(10));
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        // While pacing (not idle), new ids leave the wait to its timeout.
+        p.mark_durable(2);
+        let started = std::time::Instant::now();
+        p.wait(Duration::from_millis(200));
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        // `wake` (how stop reaches it) does end it.
+        let waker = {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                p.wake();
+            })
+        };
+        let started = std::time::Instant::now();
+        p.wait(Duration::from_secs(10));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        waker.join().expect("waker");
     }
 
     #[test]

@@ -196,6 +196,7 @@ impl Projector {
                 let since = *pending_since.get_or_insert_with(Instant::now);
                 let few = ((durable - self.watermark) as u64) < FULL_ROUND;
                 if few && since.elapsed() < self.pace {
+                    // Pacing: new entries do not end this wait (only `stop` does), the pace does.
                     self.progress
                         .wait(self.pace.saturating_sub(since.elapsed()));
                     continue;
@@ -210,7 +211,7 @@ impl Projector {
                 if self.stop.load(Ordering::Acquire) {
                     break;
                 }
-                self.progress.wait(IDLE_WAIT);
+                self.progress.wait_for_work(self.watermark, IDLE_WAIT);
                 continue;
             }
             match self.project_once(durable) {
