@@ -282,10 +282,11 @@ impl TestApp {
     }
 
     /// Stops, then starts a new instance on the same database with `tweak`ed settings.
+    /// The fake Graph, with its mocks and the requests it has seen, carries over.
     pub async fn restart_with(mut self, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         self.stop().await;
         let dir = self.dir.clone();
-        let graph = MockServer::start().await;
+        let graph = std::mem::replace(&mut self.graph, MockServer::start().await);
         spawn_in(dir, graph, tweak).await
     }
 

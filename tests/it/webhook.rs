@@ -602,7 +602,17 @@ async fn a_flood_past_the_limits_is_shed_with_503_and_nothing_acknowledged_is_lo
         let bodies: Vec<Vec<u8>> = (0..300)
             .map(|i| one_lead(&format!("wamid.flood{i}")))
             .collect();
-        let results = futures_util::future::join_all(bodies.iter().map(|b| app.deliver(b))).await;
+        // Another connection holds the log's write lock while the flood arrives, so the
+        // writer is stalled (in its busy wait, well within its timeout) however fast this
+        // machine's disk is: the limits, not the timing, decide what is shed.
+        let lock = rusqlite::Connection::open(app.store.log_path()).unwrap();
+        lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let release = async {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            lock.execute_batch("COMMIT").unwrap();
+        };
+        let flood = futures_util::future::join_all(bodies.iter().map(|b| app.deliver(b)));
+        let (results, ()) = tokio::join!(flood, release);
         let mut acked = Vec::new();
         let mut shed = 0;
         for (i, res) in results.into_iter().enumerate() {
