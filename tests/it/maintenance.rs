@@ -1,6 +1,7 @@
 //! The delivery log after the fact: re-extraction rebuilds leads idempotently, retention prunes
-//! old projected entries without touching leads, and raw deliveries an earlier version kept in
-//! the leads database are moved into the log once.
+//! old projected entries without touching leads, raw deliveries an earlier version kept in
+//! the leads database are moved into the log once, and the leads WAL is checkpointed in the
+//! background.
 
 use std::time::Duration;
 
@@ -170,4 +171,29 @@ async fn raw_deliveries_of_an_earlier_version_move_into_the_log_once() {
     assert_eq!(app.lead_count().await, 1, "not projected a second time");
     assert_eq!(app.deliver(&one_lead("wamid.next")).await.status(), 200);
     assert_eq!(app.lead_count().await, 2);
+}
+
+#[tokio::test]
+async fn projected_leads_reach_the_database_file_without_waiting_for_a_big_wal() {
+    let app = spawn_app().await;
+    assert_eq!(
+        app.deliver(&one_lead("wamid.ckpt-probe")).await.status(),
+        200
+    );
+    assert!(app.lead("wamid.ckpt-probe").await.is_some());
+    // The projector's own autocheckpoint fires only past thousands of WAL pages; a handful of
+    // leads reaches the database file itself only through the checkpoint loop.
+    let file = db_path(&app.dir);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let bytes = std::fs::read(&file).unwrap();
+        if bytes.windows(16).any(|w| w == b"wamid.ckpt-probe") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lead stayed in the WAL: the leads file is not checkpointed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
