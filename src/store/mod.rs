@@ -192,9 +192,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// The same for the leads file. Left to the projector's autocheckpoint, each checkpoint (tens
 /// of MB of random index pages under load) stalled projection for its length: at 64
 /// connections the lag p99 was 0.7–2.7 s, against 0.53–0.69 s with this loop (interleaved
-/// runs of 20–30 s on one machine, in issue 12's note). A shorter period writes more: the same index page is
-/// copied once per checkpoint, so 250 ms cost ~22 KB per delivery against ~16 without the
-/// loop and ~18–20 at one second.
+/// runs of 20–30 s on one machine, in issue 12's note). A shorter period writes more, since
+/// an index page is copied once per checkpoint: 250 ms cost ~22 KB per delivery, against ~16
+/// without the loop and ~18–20 at one second.
 const LEADS_CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 fn connect_options(path: &Path, synchronous: Durability) -> SqliteConnectOptions {
@@ -342,7 +342,7 @@ pub async fn open(
         stop.clone(),
     ))];
     background.push(tokio::spawn(checkpoint_loop(
-        connect_options(&path, settings.synchronous),
+        options.clone(),
         LEADS_CHECKPOINT_EVERY,
         stop.clone(),
     )));
