@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::log::{Handed, Progress, Unpacker};
+use super::log::{Progress, Unpacker};
 use super::outbox::{enqueue, Routes, Wake};
 use super::writer::open_connection;
 use crate::config::Durability;
+use crate::leads::detected::NewDetected;
 use crate::leads::extract::{extract, NewLead};
 
 /// How long the projector sleeps when nothing is new (it is woken earlier by the writer).
@@ -113,12 +114,39 @@ pub(super) fn set_watermark(conn: &Connection, id: i64) -> rusqlite::Result<()> 
     Ok(())
 }
 
-/// One log entry as the projector reads it; `body` only when it holds leads.
-struct Entry {
-    id: i64,
-    received_at: i64,
-    codec: i64,
-    body: Option<Vec<u8>>,
+/// What one projection round wrote.
+#[derive(Debug, Default)]
+struct Tally {
+    entries: usize,
+    created: u64,
+    enqueued: u64,
+    /// Entries whose leads were all stored already (a re-delivery).
+    duplicates: u64,
+}
+
+impl Tally {
+    /// Inserts one log entry's leads and detected events in the round's transaction.
+    fn apply(
+        &mut self,
+        tx: &Connection,
+        id: i64,
+        received_at: i64,
+        leads: &[NewLead],
+        detected: &[NewDetected],
+        routes: &Routes,
+    ) -> rusqlite::Result<()> {
+        let new = insert_leads(tx, leads.iter().map(|lead| (id, received_at, lead)), routes)?;
+        if !detected.is_empty() {
+            super::conversions::insert_detected(tx, detected, received_at)?;
+        }
+        self.entries += 1;
+        self.created += new.leads;
+        self.enqueued += new.deliveries;
+        if new.leads == 0 && !leads.is_empty() {
+            self.duplicates += 1;
+        }
+        Ok(())
+    }
 }
 
 pub(super) struct Projector {
@@ -251,6 +279,9 @@ impl Projector {
             let log = Connection::open(&self.log_path)?;
             log.busy_timeout(Duration::from_secs(5))?;
             log.pragma_update(None, "query_only", "ON")?;
+            // It reads the log forward once: a big page cache would only hold pages never read
+            // again.
+            log.pragma_update(None, "cache_size", -256)?;
             self.log = Some(log);
         }
         if self.leads.is_none() {
@@ -287,146 +318,117 @@ impl Projector {
         // The writer's hand-off first: the same leads, without reading and parsing them back.
         let handed = progress.take(from + 1, durable, MAX_LEADS_PER_ROUND as usize);
         if let Some(last) = handed.last().map(|h| h.id) {
-            return self.commit_round(handed, last, progress);
+            if let Some(first) = handed.first() {
+                progress
+                    .oldest_unprojected_ms
+                    .store(first.received_at, Ordering::Release);
+            }
+            return self.round(progress, |_, tx, routes, tally| {
+                for entry in &handed {
+                    tally.apply(
+                        tx,
+                        entry.id,
+                        entry.received_at,
+                        &entry.leads,
+                        &entry.detected,
+                        routes,
+                    )?;
+                }
+                Ok(last)
+            });
         }
-        let (log, _) = self.connections()?;
-        // Entries in id order, until the batch or the lead budget is full: a 1,000-message
-        // delivery is one entry but a thousand leads, and memory must stay bounded.
-        let mut entries: Vec<Entry> = Vec::new();
-        let mut leads_in_round = 0_u64;
-        let mut exhausted = true;
-        {
+        // Otherwise read the log back, one entry at a time inside the transaction: only one
+        // entry's body and leads are in memory at once, however far behind the projection is.
+        self.round(progress, |log, tx, routes, tally| {
             let mut stmt = log.prepare_cached(
                 "SELECT id, received_at, codec, lead_count, CASE WHEN lead_count > 0 THEN body END \
                  FROM log WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
             )?;
             let mut rows = stmt.query(params![from, durable, batch as i64])?;
+            // Entries in id order, until the batch or the lead budget is full: a 1,000-message
+            // delivery is one entry but a thousand leads, and a round must stay bounded.
+            let mut leads_in_round = 0_u64;
+            let mut last = None;
+            let mut exhausted = true;
             while let Some(row) = rows.next()? {
-                if !entries.is_empty() && leads_in_round >= MAX_LEADS_PER_ROUND {
+                if last.is_some() && leads_in_round >= MAX_LEADS_PER_ROUND {
                     exhausted = false;
                     break;
                 }
                 leads_in_round += row.get::<_, i64>(3)?.max(0) as u64;
-                entries.push(Entry {
-                    id: row.get(0)?,
-                    received_at: row.get(1)?,
-                    codec: row.get(2)?,
-                    body: row.get(4)?,
-                });
-            }
-        }
-        let Some(last) = entries.last().map(|e| e.id) else {
-            // Ids between the watermark and `durable` that hold nothing (a failed batch).
-            self.watermark = durable;
-            return self.record_watermark(durable).map(|()| 0);
-        };
-        let count = entries.len();
-        let handed = entries
-            .into_iter()
-            .map(|entry| {
-                let (leads, detected) =
-                    match entry.body.map(|body| unpacker.unpack(entry.codec, body)) {
-                        Some(Ok(raw)) => {
+                let id: i64 = row.get(0)?;
+                let received_at: i64 = row.get(1)?;
+                if last.is_none() {
+                    progress
+                        .oldest_unprojected_ms
+                        .store(received_at, Ordering::Release);
+                }
+                let (leads, detected) = match row.get::<_, Option<Vec<u8>>>(4)? {
+                    None => (Vec::new(), Vec::new()),
+                    Some(body) => match unpacker.unpack(row.get(2)?, body) {
+                        Ok(raw) => {
                             let extracted = extract(&raw);
                             (extracted.leads, extracted.detected)
                         }
-                        Some(Err(err)) => {
-                            tracing::error!(id = entry.id, %err, "a log entry could not be unpacked; skipped");
+                        Err(err) => {
+                            tracing::error!(id, %err, "a log entry could not be unpacked; skipped");
                             (Vec::new(), Vec::new())
                         }
-                        None => (Vec::new(), Vec::new()),
-                    };
-                Handed {
-                    id: entry.id,
-                    received_at: entry.received_at,
-                    leads,
-                    detected,
-                }
+                    },
+                };
+                tally.apply(tx, id, received_at, &leads, &detected, routes)?;
+                last = Some(id);
+            }
+            // Everything up to `last` is done; ids past it up to `durable` that hold nothing (a
+            // failed batch) are skipped only when the read ran out before the batch did.
+            Ok(match last {
+                Some(last) if !exhausted || tally.entries >= batch => last,
+                _ => durable,
             })
-            .collect();
-        // Everything up to `last` is done; a gap up to `durable` past the batch is not skipped.
-        let mark = if exhausted && count < batch {
-            durable
-        } else {
-            last
-        };
-        self.commit_round(handed, mark, progress)
+        })
     }
 
-    /// Inserts the leads of `round` (entries in id order), records `mark` as the watermark in
-    /// the same transaction, and publishes it; returns how many entries the round held. Both
-    /// sources, the in-memory hand-off and the log, end here.
-    fn commit_round(
+    /// One projection transaction: `fill` inserts a round's leads (entries in id order) and
+    /// returns the watermark it reached, which is recorded in the same transaction and then
+    /// published. Returns how many entries the round held. Both sources, the in-memory hand-off
+    /// and the log, run through here.
+    fn round(
         &mut self,
-        round: Vec<Handed>,
-        mark: i64,
         progress: &Progress,
+        fill: impl FnOnce(&Connection, &Connection, &Routes, &mut Tally) -> rusqlite::Result<i64>,
     ) -> rusqlite::Result<usize> {
-        if let Some(first) = round.first() {
-            progress
-                .oldest_unprojected_ms
-                .store(first.received_at, Ordering::Release);
-        }
         let started = Instant::now();
         let routes = std::mem::take(&mut self.routes);
         let turns = self.turns.clone();
         let result = {
             let _turn = turns.take_blocking();
-            self.commit_leads(&round, mark, &routes)
+            self.commit(&routes, fill)
         };
         self.routes = routes;
-        let (created, enqueued, duplicates) = result?;
-        if enqueued > 0 {
+        let (tally, mark) = result?;
+        if tally.enqueued > 0 {
             self.wake.notify();
         }
         self.watermark = mark;
-        self.progress.projected.store(mark, Ordering::Release);
-        crate::monitor::leads_created(created);
-        crate::monitor::deliveries(crate::monitor::Outcome::Duplicate, duplicates);
-        crate::monitor::projection_batch(round.len(), started.elapsed());
-        Ok(round.len())
+        progress.projected.store(mark, Ordering::Release);
+        crate::monitor::leads_created(tally.created);
+        crate::monitor::deliveries(crate::monitor::Outcome::Duplicate, tally.duplicates);
+        crate::monitor::projection_batch(tally.entries, started.elapsed());
+        Ok(tally.entries)
     }
 
-    /// The transaction of a round: its leads, their deliveries, the watermark. Returns leads
-    /// created, deliveries enqueued and entries that held only duplicates.
-    fn commit_leads(
+    fn commit(
         &mut self,
-        round: &[Handed],
-        mark: i64,
         routes: &Routes,
-    ) -> rusqlite::Result<(u64, u64, u64)> {
-        let (_, leads) = self.connections()?;
+        fill: impl FnOnce(&Connection, &Connection, &Routes, &mut Tally) -> rusqlite::Result<i64>,
+    ) -> rusqlite::Result<(Tally, i64)> {
+        let (log, leads) = self.connections()?;
         let tx = leads.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut created = 0;
-        let mut enqueued = 0;
-        let mut duplicates = 0;
-        for entry in round {
-            let rows = entry
-                .leads
-                .iter()
-                .map(|lead| (entry.id, entry.received_at, lead));
-            let new = insert_leads(&tx, rows, routes)?;
-            if !entry.detected.is_empty() {
-                super::conversions::insert_detected(&tx, &entry.detected, entry.received_at)?;
-            }
-            created += new.leads;
-            enqueued += new.deliveries;
-            if new.leads == 0 && !entry.leads.is_empty() {
-                duplicates += 1;
-            }
-        }
+        let mut tally = Tally::default();
+        let mark = fill(log, &tx, routes, &mut tally)?;
         set_watermark(&tx, mark)?;
         tx.commit()?;
-        Ok((created, enqueued, duplicates))
-    }
-
-    fn record_watermark(&mut self, id: i64) -> rusqlite::Result<()> {
-        let turns = self.turns.clone();
-        let _turn = turns.take_blocking();
-        let (_, leads) = self.connections()?;
-        set_watermark(leads, id)?;
-        self.progress.projected.store(id, Ordering::Release);
-        Ok(())
+        Ok((tally, mark))
     }
 
     fn report_lag(&mut self) {
