@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
+use super::packed::PackedLead;
+
 use crate::leads::detected::NewDetected;
 use crate::leads::extract::{Extracted, NewLead, ParseStatus};
 
@@ -89,9 +91,9 @@ pub struct LogRecord {
     pub lead_count: usize,
     pub codec: i64,
     pub body: Vec<u8>,
-    /// The leads the acknowledgement path already extracted: handed to the projector in memory
-    /// (see [`Progress::offer`]), never stored as such.
-    pub leads: Vec<NewLead>,
+    /// The leads the acknowledgement path already extracted, packed: handed to the projector in
+    /// memory (see [`Progress::offer`]), never stored as such.
+    pub leads: Vec<PackedLead>,
     /// Likewise, the events Meta detected (`automatic_events`).
     pub detected: Vec<NewDetected>,
 }
@@ -134,7 +136,7 @@ impl LogRecord {
 
     /// Carries `leads` (extracted from this body) to the projector.
     pub fn with_leads(mut self, leads: Vec<NewLead>) -> Self {
-        self.leads = leads;
+        self.leads = leads.iter().map(PackedLead::pack).collect();
         self
     }
 
@@ -150,7 +152,7 @@ impl LogRecord {
 pub struct Handed {
     pub id: i64,
     pub received_at: i64,
-    pub leads: Vec<NewLead>,
+    pub leads: Vec<PackedLead>,
     pub detected: Vec<NewDetected>,
 }
 
@@ -402,7 +404,7 @@ mod tests {
             p.offer(Handed {
                 id,
                 received_at: 0,
-                leads: vec![lead.clone()],
+                leads: vec![PackedLead::pack(&lead)],
                 detected: Vec::new(),
             });
         }
@@ -417,7 +419,7 @@ mod tests {
             p.offer(Handed {
                 id,
                 received_at: 0,
-                leads: vec![lead.clone()],
+                leads: vec![PackedLead::pack(&lead)],
                 detected: Vec::new(),
             });
         }

@@ -15,6 +15,7 @@ pub mod leads;
 pub mod log;
 pub mod maintenance;
 pub mod outbox;
+pub mod packed;
 pub mod projector;
 pub mod writer;
 

@@ -15,6 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::log::{Progress, Unpacker};
 use super::outbox::{enqueue, Routes, Wake};
+use super::packed::PackedLead;
 use super::writer::open_connection;
 use crate::config::Durability;
 use crate::leads::detected::NewDetected;
@@ -325,11 +326,12 @@ impl Projector {
             }
             return self.round(progress, |_, tx, routes, tally| {
                 for entry in &handed {
+                    let leads: Vec<NewLead> = entry.leads.iter().map(PackedLead::unpack).collect();
                     tally.apply(
                         tx,
                         entry.id,
                         entry.received_at,
-                        &entry.leads,
+                        &leads,
                         &entry.detected,
                         routes,
                     )?;
