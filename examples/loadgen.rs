@@ -297,6 +297,20 @@ fn templates(rng: &mut Rng, statuses_share: u64) -> Vec<Template> {
         .collect()
 }
 
+/// The varying part of a click id. Meta's `ctwa_clid`s are opaque tokens of about a hundred
+/// characters (`ARAkLkA8rmlFeiCk…Jb8vE7g`), random from end to end; their length is what the
+/// `ctwa_clid` index pays for, so the generated ones are as long, and unique by `n`.
+fn click_id(unique: u64, n: u64) -> String {
+    let mut out = format!("{unique:016x}{n}-");
+    let mut x = unique;
+    while out.len() < 96 {
+        x = x.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29) ^ n;
+        out.push_str(&format!("{x:016x}"));
+    }
+    out.truncate(96);
+    out
+}
+
 #[derive(Default)]
 struct Outcome {
     latencies_us: Vec<u32>,
@@ -357,7 +371,7 @@ async fn worker(conn: usize, shared: Shared) -> Outcome {
             .replace("{ID}", &id)
             .replace("{WA}", &format!("49{:011}", unique % 100_000_000_000))
             .replace("{US}", &format!("US.{unique:016x}"))
-            .replace("{CL}", &format!("{unique:016x}{n}"));
+            .replace("{CL}", &click_id(unique, n));
         let signature = sign(&secret, body.as_bytes());
         out.bytes += body.len() as u64;
         out.sent += 1;
