@@ -1,7 +1,8 @@
 //! Reading leads: the row type, look-ups, filtered keyset pages, the export stream and stats.
 //! Pages walk `(received_at, id)` downwards, newest first, and the cursor is the last pair seen.
 //! Rows present when a walk starts never move, so following cursors visits each exactly once;
-//! every filter column has a `(column, received_at)` index, so a page reads an index in order.
+//! every filter column has a `(column, received_at)` index (the click id: its last 16 characters),
+//! so a page reads an index in order.
 
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
@@ -64,9 +65,13 @@ impl LeadFilter {
     /// Appends ` WHERE …` (or nothing) to `q`; `before` adds the keyset bound.
     fn push_where<'a>(&'a self, q: &mut QueryBuilder<'a, Sqlite>, before: Option<Cursor>) {
         let mut sep = " WHERE ";
+        if let Some(clid) = &self.ctwa_clid {
+            q.push(sep);
+            push_clid(q, clid);
+            sep = " AND ";
+        }
         let equals = [
             ("source_id", &self.source_id),
-            ("ctwa_clid", &self.ctwa_clid),
             ("ref", &self.ref_),
             ("source_type", &self.source_type),
             ("wa_id", &self.wa_id),
@@ -102,6 +107,25 @@ impl LeadFilter {
     }
 }
 
+/// The `WHERE` condition for one click id: its last 16 characters, which `leads_ctwa_clid_tail`
+/// indexes (the expression written exactly as the index has it, compared with a bound value:
+/// SQLite's planner does not use the index for `substr(?, -16)`), and the whole value.
+fn push_clid<'a>(q: &mut QueryBuilder<'a, Sqlite>, clid: &'a str) {
+    q.push("substr(ctwa_clid, -16) = ")
+        .push_bind(clid_tail(clid))
+        .push(" AND ctwa_clid = ")
+        .push_bind(clid);
+}
+
+/// What SQLite's `substr(value, -16)` gives for a text value: its last 16 characters (code
+/// points, not bytes), or all of it if shorter.
+pub(crate) fn clid_tail(clid: &str) -> &str {
+    match clid.char_indices().rev().nth(15) {
+        Some((at, _)) => &clid[at..],
+        None => clid,
+    }
+}
+
 /// A position in the newest-first order: the last lead a page returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
@@ -127,10 +151,10 @@ pub async fn by_id(pool: &SqlitePool, id: i64) -> Result<Option<LeadRow>, sqlx::
 
 /// The lead with this click id (the newest, should a click id repeat).
 pub async fn id_by_clid(pool: &SqlitePool, ctwa_clid: &str) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT id FROM leads WHERE ctwa_clid = ? ORDER BY received_at DESC LIMIT 1")
-        .bind(ctwa_clid)
-        .fetch_optional(pool)
-        .await
+    let mut q = QueryBuilder::new("SELECT id FROM leads WHERE ");
+    push_clid(&mut q, ctwa_clid);
+    q.push(" ORDER BY received_at DESC LIMIT 1");
+    q.build_query_scalar().fetch_optional(pool).await
 }
 
 pub async fn by_wamid(pool: &SqlitePool, wamid: &str) -> Result<Option<LeadRow>, sqlx::Error> {
@@ -225,4 +249,30 @@ pub async fn count(pool: &SqlitePool) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT COUNT(*) FROM leads")
         .fetch_one(pool)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clid_tail;
+
+    #[tokio::test]
+    async fn the_click_id_tail_is_what_sqlite_indexes() {
+        let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+        for clid in [
+            "",
+            "ARAk",
+            "0123456789abcdef",
+            "0123456789abcdefg",
+            "ARAkLkA8rmlFeiCktEJQ-QTwRiyYHAFDLMNDBH0CD3qpjd0HR4irJ6LEkR7JwFF4XvnO2E4Nx0",
+            "ÄRÄk-ü-🎉-ß-é-ñ-ø-å-æ-œ-ÿ",
+            "🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉",
+        ] {
+            let sqlite: String = sqlx::query_scalar("SELECT substr(?, -16)")
+                .bind(clid)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            assert_eq!(clid_tail(clid), sqlite, "{clid}");
+        }
+    }
 }
