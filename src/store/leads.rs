@@ -62,8 +62,14 @@ pub struct LeadFilter {
 }
 
 impl LeadFilter {
-    /// Appends ` WHERE …` (or nothing) to `q`; `before` adds the keyset bound.
-    fn push_where<'a>(&'a self, q: &mut QueryBuilder<'a, Sqlite>, before: Option<Cursor>) {
+    /// Appends ` FROM leads WHERE …` to `q`; `before` adds the keyset bound. A click id names
+    /// its index: with statistics, SQLite's planner otherwise prefers walking `received_at` and
+    /// reading every row for a condition that matches one of millions.
+    fn push_from_where<'a>(&'a self, q: &mut QueryBuilder<'a, Sqlite>, before: Option<Cursor>) {
+        q.push(" FROM leads");
+        if self.ctwa_clid.is_some() {
+            q.push(CLID_INDEX);
+        }
         let mut sep = " WHERE ";
         if let Some(clid) = &self.ctwa_clid {
             q.push(sep);
@@ -107,13 +113,19 @@ impl LeadFilter {
     }
 }
 
+/// Where a click id is looked up.
+const CLID_INDEX: &str = " INDEXED BY leads_ctwa_clid_tail";
+
 /// The `WHERE` condition for one click id: its last 16 characters, which `leads_ctwa_clid_tail`
-/// indexes (the expression written exactly as the index has it, compared with a bound value:
-/// SQLite's planner does not use the index for `substr(?, -16)`), and the whole value.
+/// indexes (the expression written exactly as the index has it, and compared with a bound value:
+/// the planner does not match `substr(?, -16)`), and then the whole value. That one is written
+/// `+ctwa_clid`: a plain `ctwa_clid = ?` lets SQLite (3.40's shell, at least) propagate the
+/// constant into `substr(ctwa_clid, -16)`, which then no longer matches the index, and the
+/// look-up becomes a scan.
 fn push_clid<'a>(q: &mut QueryBuilder<'a, Sqlite>, clid: &'a str) {
     q.push("substr(ctwa_clid, -16) = ")
         .push_bind(clid_tail(clid))
-        .push(" AND ctwa_clid = ")
+        .push(" AND +ctwa_clid = ")
         .push_bind(clid);
 }
 
@@ -151,7 +163,7 @@ pub async fn by_id(pool: &SqlitePool, id: i64) -> Result<Option<LeadRow>, sqlx::
 
 /// The lead with this click id (the newest, should a click id repeat).
 pub async fn id_by_clid(pool: &SqlitePool, ctwa_clid: &str) -> Result<Option<i64>, sqlx::Error> {
-    let mut q = QueryBuilder::new("SELECT id FROM leads WHERE ");
+    let mut q = QueryBuilder::new(format!("SELECT id FROM leads{CLID_INDEX} WHERE "));
     push_clid(&mut q, ctwa_clid);
     q.push(" ORDER BY received_at DESC LIMIT 1");
     q.build_query_scalar().fetch_optional(pool).await
@@ -170,8 +182,8 @@ fn push_page<'a>(
     before: Option<Cursor>,
     limit: u32,
 ) {
-    q.push(format_args!("SELECT {COLUMNS} FROM leads"));
-    filter.push_where(q, before);
+    q.push(format_args!("SELECT {COLUMNS}"));
+    filter.push_from_where(q, before);
     q.push(" ORDER BY received_at DESC, id DESC LIMIT ")
         .push_bind(i64::from(limit));
 }
@@ -238,9 +250,9 @@ pub struct StatRow {
 pub async fn stats(pool: &SqlitePool, filter: &LeadFilter) -> Result<Vec<StatRow>, sqlx::Error> {
     let mut q = QueryBuilder::new(
         "SELECT source_id, strftime('%Y-%m-%d', received_at / 1000, 'unixepoch') AS day, \
-         COUNT(*) AS leads FROM leads",
+         COUNT(*) AS leads",
     );
-    filter.push_where(&mut q, None);
+    filter.push_from_where(&mut q, None);
     q.push(" GROUP BY source_id, day ORDER BY day DESC, leads DESC, source_id");
     q.build_query_as().fetch_all(pool).await
 }
