@@ -19,6 +19,8 @@ struct Args {
 }
 
 const TOKEN: &str = "bench-token";
+/// Click ids are as long as Meta's: this head, then the lead's number.
+const CLID: &str = "ARAkLkA8rmlFeiCktEJQ-QTwRiyYHAFDLMNDBH0CD3qpjd0HR4irJ6LEkR7JwFF4XvnO2E4Nx0-eM-";
 
 fn settings(db: &std::path::Path) -> Settings {
     Settings::from_toml(&format!(
@@ -62,7 +64,7 @@ async fn seed(db: &std::path::Path, n: u64) {
             {base_ms} + x * 100, 'https://fb.me/' || (x % 500), 'AD' || (x % 500),
             CASE WHEN x % 10 = 0 THEN 'post' ELSE 'ad' END, 'Headline ' || (x % 500),
             'Body text', 'image', 'https://scontent.example/' || (x % 500) || '.jpg',
-            'clid.' || x, 'ref-' || (x % 50)
+            '{CLID}' || x, 'ref-' || (x % 50)
          FROM c",
         base_s = base_ms / 1000
     );
@@ -110,9 +112,9 @@ async fn main() {
         ),
         (
             "ctwa_clid",
-            format!("ctwa_clid=clid.{}", n / 2),
+            format!("ctwa_clid={CLID}{}", n / 2),
             LeadFilter {
-                ctwa_clid: Some(format!("clid.{}", n / 2)),
+                ctwa_clid: Some(format!("{CLID}{}", n / 2)),
                 ..Default::default()
             },
         ),
