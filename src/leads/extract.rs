@@ -151,26 +151,19 @@ fn parse<'a, T: Deserialize<'a>>(
 }
 
 /// A lone UTF-16 surrogate escape (`\ud800` without its pair) cannot be a Rust string, so it is
-/// rewritten to `\ufffd` (U+FFFD) before parsing; both escapes are six bytes.
+/// rewritten to `\ufffd` (U+FFFD) before parsing; both escapes are six bytes. Meta escapes every
+/// non-ASCII character, so most bodies hold escapes and many hold valid pairs (emoji): the body is
+/// walked from backslash to backslash, and copied only once a lone surrogate is found.
 pub fn replace_lone_surrogates(text: &str) -> Cow<'_, str> {
     let b = text.as_bytes();
-    let suspect = b
-        .windows(3)
-        .any(|w| w[0] == b'\\' && w[1] == b'u' && (w[2] | 0x20) == b'd');
-    if !suspect {
-        return Cow::Borrowed(text);
-    }
     let hex4 = |at: usize| -> Option<u32> {
         let digits = std::str::from_utf8(b.get(at..at + 4)?).ok()?;
         u32::from_str_radix(digits, 16).ok()
     };
-    let mut out = b.to_vec();
+    let mut out: Option<Vec<u8>> = None;
     let mut i = 0;
-    while i < b.len() {
-        if b[i] != b'\\' {
-            i += 1;
-            continue;
-        }
+    while let Some(found) = b.get(i..).and_then(|rest| memchr::memchr(b'\\', rest)) {
+        i += found;
         if b.get(i + 1) != Some(&b'u') {
             i += 2;
             continue;
@@ -179,20 +172,25 @@ pub fn replace_lone_surrogates(text: &str) -> Cow<'_, str> {
             i += 2;
             continue;
         };
-        let paired = (0xD800..0xDC00).contains(&unit)
+        if !(0xD800..0xE000).contains(&unit) {
+            i += 6;
+            continue;
+        }
+        let paired = unit < 0xDC00
             && b.get(i + 6) == Some(&b'\\')
             && b.get(i + 7) == Some(&b'u')
             && hex4(i + 8).is_some_and(|low| (0xDC00..0xE000).contains(&low));
         if paired {
             i += 12;
         } else {
-            if (0xD800..0xE000).contains(&unit) {
-                out[i..i + 6].copy_from_slice(b"\\ufffd");
-            }
+            out.get_or_insert_with(|| b.to_vec())[i..i + 6].copy_from_slice(b"\\ufffd");
             i += 6;
         }
     }
-    String::from_utf8(out).map_or(Cow::Borrowed(text), Cow::Owned)
+    match out {
+        None => Cow::Borrowed(text),
+        Some(out) => String::from_utf8(out).map_or(Cow::Borrowed(text), Cow::Owned),
+    }
 }
 
 /// Reads `body` (a verified delivery) and returns its leads.
@@ -633,6 +631,32 @@ mod tests {
             Some("x\\ud800"),
             "an escaped backslash is text"
         );
+    }
+
+    #[test]
+    fn only_a_body_with_a_lone_surrogate_is_copied() {
+        use std::borrow::Cow;
+        for kept in [
+            r#"{"n":"Zo\u00eb \ud83c\udf89","t":"\\ud800","e":"\\"}"#,
+            r#"{"plain":"ascii only"}"#,
+            r#"\u"#,
+            "\\",
+            "\\u",
+        ] {
+            assert!(
+                matches!(replace_lone_surrogates(kept), Cow::Borrowed(_)),
+                "{kept}"
+            );
+        }
+        for (lone, fixed) in [
+            (r#""\ud800""#, r#""\ufffd""#),
+            (r#""\udc00\ud800x""#, r#""\ufffd\ufffdx""#),
+            (r#""\ud83c\udf89\uDBFF""#, r#""\ud83c\udf89\ufffd""#),
+            (r#""\ud800\u0041""#, r#""\ufffd\u0041""#),
+            (r#"\ud83c\udf8"#, r#"\ufffd\udf8"#),
+        ] {
+            assert_eq!(replace_lone_surrogates(lone), fixed, "{lone}");
+        }
     }
 
     #[test]
