@@ -132,6 +132,41 @@ async fn every_filter_selects_exactly_its_leads_newest_first() {
 }
 
 #[tokio::test]
+async fn click_ids_that_share_their_indexed_tail_are_told_apart() {
+    let app = spawn_app().await;
+    // Meta-length click ids whose last 16 characters (what `leads_ctwa_clid_tail` holds) match.
+    let tail = "0123456789abcdef";
+    let first = format!("ARAkLkA8rmlFeiCktEJQ-QTwRiyYHAFDLMNDBH0CD3qpjd0HR4irJ6LEkR7Jw-one-{tail}");
+    let second =
+        format!("ARAkLkA8rmlFeiCktEJQ-QTwRiyYHAFDLMNDBH0CD3qpjd0HR4irJ6LEkR7Jw-two-{tail}");
+    for (wamid, clid) in [
+        ("w.one", &first),
+        ("w.two", &second),
+        ("w.bare", &tail.to_owned()),
+    ] {
+        let mut message = referral_message(wamid, "4915", "AD1");
+        message["referral"]["ctwa_clid"] = json!(clid);
+        let body = delivery(value(
+            "PN1",
+            json!([contact("4915", "A")]),
+            json!([message]),
+        ));
+        assert_eq!(app.deliver(&body).await.status(), 200);
+    }
+    assert_eq!(wamids(&app, &format!("ctwa_clid={first}")).await, ["w.one"]);
+    assert_eq!(
+        wamids(&app, &format!("ctwa_clid={second}")).await,
+        ["w.two"]
+    );
+    assert_eq!(wamids(&app, &format!("ctwa_clid={tail}")).await, ["w.bare"]);
+    assert!(wamids(&app, &format!("ctwa_clid=x{tail}")).await.is_empty());
+    let found = ctwa_leads::store::leads::id_by_clid(app.store.read_pool(), &second)
+        .await
+        .unwrap();
+    assert_eq!(found, Some(app.lead("w.two").await.unwrap().id));
+}
+
+#[tokio::test]
 async fn since_and_until_bound_the_received_time() {
     let app = spawn_app().await;
     assert_eq!(app.deliver(&one_lead("early")).await.status(), 200);
