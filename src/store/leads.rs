@@ -63,8 +63,8 @@ pub struct LeadFilter {
 
 impl LeadFilter {
     /// Appends ` FROM leads WHERE …` to `q`; `before` adds the keyset bound. A click id names
-    /// its index: with statistics, SQLite's planner otherwise prefers walking `received_at` and
-    /// reading every row for a condition that matches one of millions.
+    /// its index, so that no estimate of the planner's (after an operator's `ANALYZE`, say)
+    /// can trade it for a walk of `received_at` that reads rows until one matches.
     fn push_from_where<'a>(&'a self, q: &mut QueryBuilder<'a, Sqlite>, before: Option<Cursor>) {
         q.push(" FROM leads");
         if self.ctwa_clid.is_some() {
@@ -131,7 +131,7 @@ fn push_clid<'a>(q: &mut QueryBuilder<'a, Sqlite>, clid: &'a str) {
 
 /// What SQLite's `substr(value, -16)` gives for a text value: its last 16 characters (code
 /// points, not bytes), or all of it if shorter.
-pub(crate) fn clid_tail(clid: &str) -> &str {
+fn clid_tail(clid: &str) -> &str {
     match clid.char_indices().rev().nth(15) {
         Some((at, _)) => &clid[at..],
         None => clid,
