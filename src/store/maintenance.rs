@@ -93,7 +93,10 @@ fn reextract_blocking(
                 }
             };
             let extracted = extract(&raw);
-            let rows = extracted.leads.iter().map(|lead| (id, received_at, lead));
+            let rows = extracted
+                .leads
+                .iter()
+                .map(|lead| (id, received_at, lead.into()));
             report.new_leads += insert_leads(&tx, rows, routes)?.leads;
             super::conversions::insert_detected(&tx, &extracted.detected, received_at)?;
             if status_from_code(status) != extracted.status {

@@ -10,8 +10,8 @@ use rusqlite::{params, Connection};
 use sqlx::{FromRow, QueryBuilder, Sqlite, SqlitePool};
 
 use super::leads::{LeadRow, COLUMNS};
+use super::packed::LeadView;
 use crate::config::{ForwardingSettings, LeadFilters};
-use crate::leads::extract::NewLead;
 
 /// Where the projector enqueues a new lead: every enabled destination whose filters match.
 #[derive(Debug, Clone, Default)]
@@ -87,18 +87,13 @@ impl Wake {
 pub(super) fn enqueue(
     conn: &Connection,
     lead_id: i64,
-    lead: &NewLead,
+    lead: &LeadView<'_>,
     routes: &Routes,
     now_ms: i64,
 ) -> rusqlite::Result<u64> {
-    let r = &lead.referral;
     let mut written = 0;
     for (name, filters) in &routes.routes {
-        if !filters.matches(
-            r.source_id.as_deref(),
-            r.ref_.as_deref(),
-            r.source_type.as_deref(),
-        ) {
+        if !filters.matches(lead.source_id(), lead.ref_(), lead.source_type()) {
             continue;
         }
         conn.prepare_cached(
@@ -108,7 +103,7 @@ pub(super) fn enqueue(
         .execute(params![name, lead_id, now_ms + routes.first_delay_ms, now_ms])?;
         written += 1;
     }
-    if routes.lead_submitted && r.ctwa_clid.is_some() {
+    if routes.lead_submitted && lead.ctwa_clid().is_some() {
         let event_time = lead.timestamp.unwrap_or(now_ms / 1000);
         written += super::conversions::enqueue_lead_submitted(conn, lead_id, event_time, now_ms)?;
     }

@@ -2,10 +2,12 @@
 //! extracted [`NewLead`] is some twenty separately allocated strings; the hand-off holds up to
 //! 8,192 leads (and the projector as many again) whenever the projection runs behind, and those
 //! strings made up most of the service's peak memory under load. Packed, a lead is its text in
-//! one buffer plus the field boundaries; the projector unpacks it, one log entry at a time,
-//! inside its transaction. Peak RSS at 64 connections went from 65–68 MB to 53–56, and on a
+//! one buffer plus the field boundaries; the projector reads it in place through a [`LeadView`],
+//! one log entry at a time, inside its transaction. Peak RSS at 64 connections went from 65–68 MB to 53–56, and on a
 //! database of 2M leads (where the projection lags) from 89 to 62 MB (issue 12's note).
-use crate::leads::extract::{NewLead, NewReferral};
+use crate::leads::extract::NewLead;
+#[cfg(test)]
+use crate::leads::extract::NewReferral;
 
 /// The lead's text fields, in the order [`PackedLead::pack`] and [`PackedLead::unpack`] walk them.
 const FIELDS: usize = 21;
@@ -21,32 +23,72 @@ pub struct PackedLead {
     timestamp: Option<i64>,
 }
 
+/// A lead's fields, borrowed from a [`NewLead`] or a [`PackedLead`]: what the projector reads to
+/// insert a lead and route it, without an owned string per field.
+#[derive(Debug, Clone, Copy)]
+pub struct LeadView<'a> {
+    /// In the order of the `leads` columns, as [`PackedLead::pack`] walks them: `wamid`,
+    /// `waba_id`, `phone_number_id`, `display_phone_number`, `wa_id`, `user_id`, `profile_name`,
+    /// `message_type`, `text`, then the referral's `source_url`, `source_id`, `source_type`,
+    /// `headline`, `body`, `media_type`, `image_url`, `video_url`, `thumbnail_url`,
+    /// `ctwa_clid`, `ref`, `welcome_message`.
+    pub fields: [Option<&'a str>; FIELDS],
+    pub timestamp: Option<i64>,
+}
+
+impl<'a> LeadView<'a> {
+    pub fn wamid(&self) -> &'a str {
+        self.fields[0].unwrap_or_default()
+    }
+    pub fn source_id(&self) -> Option<&'a str> {
+        self.fields[10]
+    }
+    pub fn source_type(&self) -> Option<&'a str> {
+        self.fields[11]
+    }
+    pub fn ctwa_clid(&self) -> Option<&'a str> {
+        self.fields[18]
+    }
+    pub fn ref_(&self) -> Option<&'a str> {
+        self.fields[19]
+    }
+}
+
+impl<'a> From<&'a NewLead> for LeadView<'a> {
+    fn from(lead: &'a NewLead) -> Self {
+        let r = &lead.referral;
+        Self {
+            fields: [
+                Some(lead.wamid.as_str()),
+                lead.waba_id.as_deref(),
+                lead.phone_number_id.as_deref(),
+                lead.display_phone_number.as_deref(),
+                lead.wa_id.as_deref(),
+                lead.user_id.as_deref(),
+                lead.profile_name.as_deref(),
+                lead.message_type.as_deref(),
+                lead.text.as_deref(),
+                r.source_url.as_deref(),
+                r.source_id.as_deref(),
+                r.source_type.as_deref(),
+                r.headline.as_deref(),
+                r.body.as_deref(),
+                r.media_type.as_deref(),
+                r.image_url.as_deref(),
+                r.video_url.as_deref(),
+                r.thumbnail_url.as_deref(),
+                r.ctwa_clid.as_deref(),
+                r.ref_.as_deref(),
+                r.welcome_message.as_deref(),
+            ],
+            timestamp: lead.timestamp,
+        }
+    }
+}
+
 impl PackedLead {
     pub fn pack(lead: &NewLead) -> Self {
-        let r = &lead.referral;
-        let fields: [Option<&str>; FIELDS] = [
-            Some(lead.wamid.as_str()),
-            lead.waba_id.as_deref(),
-            lead.phone_number_id.as_deref(),
-            lead.display_phone_number.as_deref(),
-            lead.wa_id.as_deref(),
-            lead.user_id.as_deref(),
-            lead.profile_name.as_deref(),
-            lead.message_type.as_deref(),
-            lead.text.as_deref(),
-            r.source_url.as_deref(),
-            r.source_id.as_deref(),
-            r.source_type.as_deref(),
-            r.headline.as_deref(),
-            r.body.as_deref(),
-            r.media_type.as_deref(),
-            r.image_url.as_deref(),
-            r.video_url.as_deref(),
-            r.thumbnail_url.as_deref(),
-            r.ctwa_clid.as_deref(),
-            r.ref_.as_deref(),
-            r.welcome_message.as_deref(),
-        ];
+        let LeadView { fields, timestamp } = LeadView::from(lead);
         let mut text = String::with_capacity(fields.iter().flatten().map(|f| f.len()).sum());
         let mut ends = [0; FIELDS];
         let mut present = 0;
@@ -61,13 +103,22 @@ impl PackedLead {
             text: text.into_boxed_str(),
             ends,
             present,
-            timestamp: lead.timestamp,
+            timestamp,
         }
     }
 
+    /// The lead's fields, borrowed from the buffer.
+    pub fn view(&self) -> LeadView<'_> {
+        LeadView {
+            fields: std::array::from_fn(|i| self.field(i)),
+            timestamp: self.timestamp,
+        }
+    }
+
+    #[cfg(test)]
     pub fn unpack(&self) -> NewLead {
-        let mut fields = (0..FIELDS).map(|i| self.field(i));
-        let mut next = || fields.next().flatten();
+        let mut fields = self.view().fields.into_iter();
+        let mut next = || fields.next().flatten().map(str::to_owned);
         NewLead {
             wamid: next().unwrap_or_default(),
             waba_id: next(),
@@ -96,12 +147,12 @@ impl PackedLead {
         }
     }
 
-    fn field(&self, i: usize) -> Option<String> {
+    fn field(&self, i: usize) -> Option<&str> {
         if self.present & (1 << i) == 0 {
             return None;
         }
         let start = i.checked_sub(1).map_or(0, |prev| self.ends[prev]);
-        self.text.get(start..self.ends[i]).map(str::to_owned)
+        self.text.get(start..self.ends[i])
     }
 }
 
@@ -139,6 +190,28 @@ mod tests {
             },
         };
         assert_eq!(PackedLead::pack(&full).unpack(), full);
+        let packed = PackedLead::pack(&full);
+        let (view, direct) = (packed.view(), LeadView::from(&full));
+        assert_eq!(
+            view.fields, direct.fields,
+            "the packed view reads as the lead's own"
+        );
+        assert_eq!(view.timestamp, direct.timestamp);
+        assert_eq!(
+            (view.wamid(), view.source_id(), view.source_type()),
+            (
+                "wamid.1",
+                full.referral.source_id.as_deref(),
+                full.referral.source_type.as_deref()
+            )
+        );
+        assert_eq!(
+            (view.ctwa_clid(), view.ref_()),
+            (
+                full.referral.ctwa_clid.as_deref(),
+                full.referral.ref_.as_deref()
+            )
+        );
         // Absent fields stay absent, and an empty one stays present.
         let sparse = NewLead {
             wamid: "wamid.2".into(),

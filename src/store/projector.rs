@@ -15,11 +15,11 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::log::{Progress, Unpacker};
 use super::outbox::{enqueue, Routes, Wake};
-use super::packed::PackedLead;
+use super::packed::{LeadView, PackedLead};
 use super::writer::open_connection;
 use crate::config::Durability;
 use crate::leads::detected::NewDetected;
-use crate::leads::extract::{extract, NewLead};
+use crate::leads::extract::extract;
 
 /// How long the projector sleeps when nothing is new (it is woken earlier by the writer).
 const IDLE_WAIT: Duration = Duration::from_millis(250);
@@ -46,7 +46,7 @@ pub(super) struct Inserted {
 /// transaction, so a lead and its deliveries commit together or not at all.
 pub(super) fn insert_leads<'a>(
     conn: &Connection,
-    leads: impl IntoIterator<Item = (i64, i64, &'a NewLead)>,
+    leads: impl IntoIterator<Item = (i64, i64, LeadView<'a>)>,
     routes: &Routes,
 ) -> rusqlite::Result<Inserted> {
     let now_ms = chrono::Utc::now().timestamp_millis();
@@ -61,36 +61,36 @@ pub(super) fn insert_leads<'a>(
     )?;
     let mut inserted = Inserted::default();
     for (event_id, received_at, lead) in leads {
-        let r = &lead.referral;
+        let f = &lead.fields;
         let new = insert.execute(params![
-            lead.wamid,
+            f[0],
             event_id,
             received_at,
-            lead.waba_id,
-            lead.phone_number_id,
-            lead.display_phone_number,
-            lead.wa_id,
-            lead.user_id,
-            lead.profile_name,
-            lead.message_type,
-            lead.text,
+            f[1],
+            f[2],
+            f[3],
+            f[4],
+            f[5],
+            f[6],
+            f[7],
+            f[8],
             lead.timestamp,
-            r.source_url,
-            r.source_id,
-            r.source_type,
-            r.headline,
-            r.body,
-            r.media_type,
-            r.image_url,
-            r.video_url,
-            r.thumbnail_url,
-            r.ctwa_clid,
-            r.ref_,
-            r.welcome_message,
+            f[9],
+            f[10],
+            f[11],
+            f[12],
+            f[13],
+            f[14],
+            f[15],
+            f[16],
+            f[17],
+            f[18],
+            f[19],
+            f[20],
         ])? as u64;
         inserted.leads += new;
         if new == 1 && !routes.is_empty() {
-            inserted.deliveries += enqueue(conn, conn.last_insert_rowid(), lead, routes, now_ms)?;
+            inserted.deliveries += enqueue(conn, conn.last_insert_rowid(), &lead, routes, now_ms)?;
         }
     }
     Ok(inserted)
@@ -132,11 +132,15 @@ impl Tally {
         tx: &Connection,
         id: i64,
         received_at: i64,
-        leads: &[NewLead],
+        leads: &[LeadView<'_>],
         detected: &[NewDetected],
         routes: &Routes,
     ) -> rusqlite::Result<()> {
-        let new = insert_leads(tx, leads.iter().map(|lead| (id, received_at, lead)), routes)?;
+        let new = insert_leads(
+            tx,
+            leads.iter().map(|lead| (id, received_at, *lead)),
+            routes,
+        )?;
         if !detected.is_empty() {
             super::conversions::insert_detected(tx, detected, received_at)?;
         }
@@ -326,7 +330,7 @@ impl Projector {
             }
             return self.round(progress, |_, tx, routes, tally| {
                 for entry in &handed {
-                    let leads: Vec<NewLead> = entry.leads.iter().map(PackedLead::unpack).collect();
+                    let leads: Vec<LeadView> = entry.leads.iter().map(PackedLead::view).collect();
                     tally.apply(
                         tx,
                         entry.id,
@@ -378,7 +382,8 @@ impl Projector {
                         }
                     },
                 };
-                tally.apply(tx, id, received_at, &leads, &detected, routes)?;
+                let views: Vec<LeadView> = leads.iter().map(LeadView::from).collect();
+                tally.apply(tx, id, received_at, &views, &detected, routes)?;
                 last = Some(id);
             }
             // Everything up to `last` is done; ids past it up to `durable` that hold nothing (a
