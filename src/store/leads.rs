@@ -67,12 +67,9 @@ impl LeadFilter {
     /// can trade it for a walk of `received_at` that reads rows until one matches.
     fn push_from_where<'a>(&'a self, q: &mut QueryBuilder<'a, Sqlite>, before: Option<Cursor>) {
         q.push(" FROM leads");
-        if self.ctwa_clid.is_some() {
-            q.push(CLID_INDEX);
-        }
         let mut sep = " WHERE ";
         if let Some(clid) = &self.ctwa_clid {
-            q.push(sep);
+            q.push(" INDEXED BY leads_ctwa_clid_tail").push(sep);
             push_clid(q, clid);
             sep = " AND ";
         }
@@ -112,9 +109,6 @@ impl LeadFilter {
         }
     }
 }
-
-/// Where a click id is looked up.
-const CLID_INDEX: &str = " INDEXED BY leads_ctwa_clid_tail";
 
 /// The `WHERE` condition for one click id: its last 16 characters, which `leads_ctwa_clid_tail`
 /// indexes (the expression written exactly as the index has it, and compared with a bound value:
@@ -163,8 +157,12 @@ pub async fn by_id(pool: &SqlitePool, id: i64) -> Result<Option<LeadRow>, sqlx::
 
 /// The lead with this click id (the newest, should a click id repeat).
 pub async fn id_by_clid(pool: &SqlitePool, ctwa_clid: &str) -> Result<Option<i64>, sqlx::Error> {
-    let mut q = QueryBuilder::new(format!("SELECT id FROM leads{CLID_INDEX} WHERE "));
-    push_clid(&mut q, ctwa_clid);
+    let filter = LeadFilter {
+        ctwa_clid: Some(ctwa_clid.to_owned()),
+        ..LeadFilter::default()
+    };
+    let mut q = QueryBuilder::new("SELECT id");
+    filter.push_from_where(&mut q, None);
     q.push(" ORDER BY received_at DESC LIMIT 1");
     q.build_query_scalar().fetch_optional(pool).await
 }
