@@ -15,7 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::log::{Progress, Unpacker};
 use super::outbox::{enqueue, Routes, Wake};
-use super::packed::{LeadView, PackedLead};
+use super::packed::{LeadView, PackedLead, FIELD_COLUMNS};
 use super::writer::open_connection;
 use crate::config::Durability;
 use crate::leads::detected::NewDetected;
@@ -50,44 +50,21 @@ pub(super) fn insert_leads<'a>(
     routes: &Routes,
 ) -> rusqlite::Result<Inserted> {
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO leads (wamid, event_id, received_at, waba_id, phone_number_id, \
-         display_phone_number, wa_id, user_id, profile_name, message_type, text, timestamp, \
-         source_url, source_id, source_type, headline, body, media_type, image_url, \
-         video_url, thumbnail_url, ctwa_clid, ref, welcome_message) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
-         ?18, ?19, ?20, ?21, ?22, ?23, ?24) \
-         ON CONFLICT (wamid) DO NOTHING",
-    )?;
+    static INSERT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = INSERT.get_or_init(|| {
+        let marks = vec!["?"; FIELD_COLUMNS.len() + 3].join(", ");
+        format!(
+            "INSERT INTO leads ({}, event_id, received_at, timestamp) VALUES ({marks}) \
+             ON CONFLICT (wamid) DO NOTHING",
+            FIELD_COLUMNS.join(", ")
+        )
+    });
+    let mut insert = conn.prepare_cached(sql)?;
     let mut inserted = Inserted::default();
     for (event_id, received_at, lead) in leads {
-        let f = &lead.fields;
-        let new = insert.execute(params![
-            f[0],
-            event_id,
-            received_at,
-            f[1],
-            f[2],
-            f[3],
-            f[4],
-            f[5],
-            f[6],
-            f[7],
-            f[8],
-            lead.timestamp,
-            f[9],
-            f[10],
-            f[11],
-            f[12],
-            f[13],
-            f[14],
-            f[15],
-            f[16],
-            f[17],
-            f[18],
-            f[19],
-            f[20],
-        ])? as u64;
+        let text = lead.fields.iter().map(|f| f as &dyn rusqlite::ToSql);
+        let rest: [&dyn rusqlite::ToSql; 3] = [&event_id, &received_at, &lead.timestamp];
+        let new = insert.execute(rusqlite::params_from_iter(text.chain(rest)))? as u64;
         inserted.leads += new;
         if new == 1 && !routes.is_empty() {
             inserted.deliveries += enqueue(conn, conn.last_insert_rowid(), &lead, routes, now_ms)?;
