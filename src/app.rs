@@ -38,6 +38,7 @@ struct Inner {
     min_body_rate: usize,
     keep_raw: crate::config::KeepRaw,
     max_projection_lag: u64,
+    hold_back: Option<crate::config::HoldBack>,
     forwarding: Arc<crate::forward::Forwarding>,
     capi: crate::config::CapiSettings,
 }
@@ -81,6 +82,9 @@ impl AppState {
     }
     pub fn max_projection_lag(&self) -> u64 {
         self.0.max_projection_lag
+    }
+    pub fn hold_back(&self) -> Option<crate::config::HoldBack> {
+        self.0.hold_back
     }
     pub fn forwarding(&self) -> &crate::forward::Forwarding {
         &self.0.forwarding
@@ -157,6 +161,7 @@ impl Application {
             min_body_rate: settings.server.min_body_rate,
             keep_raw: settings.retention.keep_raw,
             max_projection_lag: settings.ingest.max_projection_lag,
+            hold_back: settings.ingest.hold_back(),
             forwarding,
             capi: settings.capi.clone(),
         }));

@@ -24,6 +24,7 @@ pub const LAST_COMMIT_OK: &str = "ctwa_writer_last_commit_ok";
 pub const GRAPH_REQUESTS: &str = "ctwa_graph_requests_total";
 pub const PROJECTION_LAG_ENTRIES: &str = "ctwa_projection_lag_entries";
 pub const PROJECTION_LAG_SECONDS: &str = "ctwa_projection_lag_seconds";
+pub const HELD_BACK_SECONDS: &str = "ctwa_ingest_held_back_seconds";
 pub const PROJECTION_BATCH_SECONDS: &str = "ctwa_projection_batch_seconds";
 pub const PROJECTION_ENTRIES: &str = "ctwa_projection_entries_total";
 pub const FORWARD_ATTEMPTS: &str = "ctwa_forward_attempts_total";
@@ -134,6 +135,11 @@ pub fn queue_depth(n: usize) {
 pub fn projection_lag(entries: u64, seconds: f64) {
     gauge!(PROJECTION_LAG_ENTRIES).set(entries as f64);
     gauge!(PROJECTION_LAG_SECONDS).set(seconds);
+}
+
+/// A delivery held back while the projection lagged (`ingest.hold_back_lag_ms`).
+pub fn held_back(waited: Duration) {
+    histogram!(HELD_BACK_SECONDS).record(waited.as_secs_f64());
 }
 
 pub fn projection_batch(entries: usize, elapsed: Duration) {

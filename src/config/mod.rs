@@ -314,6 +314,31 @@ pub struct IngestSettings {
     /// Milliseconds a few new entries may wait for more before the projector takes them:
     /// larger transactions write fewer bytes per lead. Adds at most this to the lag.
     pub projection_pace_ms: u64,
+    /// Milliseconds the projection may lag (the age of the oldest entry not yet turned into
+    /// leads) before new deliveries are held back, each until the lag is under it again: the
+    /// acknowledgements slow down to the pace the projector keeps, instead of the lag growing
+    /// until the 503s of `max_projection_lag`. 0 never holds back.
+    pub hold_back_lag_ms: u64,
+    /// The longest one delivery is held back; it is then stored and acknowledged anyway.
+    pub max_hold_back_ms: u64,
+}
+
+/// When and how long `POST /webhook` holds a delivery back (see
+/// [`IngestSettings::hold_back_lag_ms`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldBack {
+    pub above: Duration,
+    pub at_most: Duration,
+}
+
+impl IngestSettings {
+    /// `None` when holding back is off.
+    pub fn hold_back(&self) -> Option<HoldBack> {
+        (self.hold_back_lag_ms > 0 && self.max_hold_back_ms > 0).then(|| HoldBack {
+            above: Duration::from_millis(self.hold_back_lag_ms),
+            at_most: Duration::from_millis(self.max_hold_back_ms),
+        })
+    }
 }
 
 impl Default for IngestSettings {
@@ -327,6 +352,8 @@ impl Default for IngestSettings {
             max_projection_lag: 200_000,
             projection_batch: 4096,
             projection_pace_ms: 100,
+            hold_back_lag_ms: 500,
+            max_hold_back_ms: 2000,
         }
     }
 }
@@ -612,6 +639,18 @@ impl Settings {
                 "ingest.projection_batch and ingest.max_projection_lag must be above 0".into(),
             ));
         }
+        if raw.ingest.hold_back_lag_ms > 0
+            && raw.ingest.hold_back_lag_ms <= raw.ingest.projection_pace_ms
+        {
+            return Err(ConfigError::Invalid(
+                "ingest.hold_back_lag_ms must be above ingest.projection_pace_ms (or 0: never hold back)".into(),
+            ));
+        }
+        if raw.ingest.max_hold_back_ms >= raw.server.request_timeout_secs.saturating_mul(1000) {
+            return Err(ConfigError::Invalid(
+                "ingest.max_hold_back_ms must be below server.request_timeout_secs".into(),
+            ));
+        }
         let forwarding = forward::settings(raw.forward, raw.forwarding)?;
         let capi = raw.capi.checked()?;
         let mut server = raw.server;
@@ -707,6 +746,20 @@ mod tests {
         assert!(err.to_string().contains("webhook.app_secrets"), "{err}");
         let err = Settings::from_toml(&FULL.replace("\"vt\"", "\"  \"")).unwrap_err();
         assert!(err.to_string().contains("webhook.verify_token"), "{err}");
+    }
+
+    #[test]
+    fn holding_back_must_leave_room_for_the_pace_and_the_request_timeout() {
+        let s = Settings::from_toml(FULL).expect("valid");
+        let hold = s.ingest.hold_back().expect("on by default");
+        assert!(hold.above > Duration::from_millis(s.ingest.projection_pace_ms));
+        let at = |extra: &str| Settings::from_toml(&format!("{FULL}\n[ingest]\n{extra}\n"));
+        let err = at("hold_back_lag_ms = 100\nprojection_pace_ms = 100").unwrap_err();
+        assert!(err.to_string().contains("ingest.hold_back_lag_ms"), "{err}");
+        let err = at("max_hold_back_ms = 30000").unwrap_err();
+        assert!(err.to_string().contains("ingest.max_hold_back_ms"), "{err}");
+        let off = at("hold_back_lag_ms = 0").expect("0 turns it off");
+        assert_eq!(off.ingest.hold_back(), None);
     }
 
     #[test]

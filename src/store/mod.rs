@@ -435,6 +435,14 @@ impl Store {
         }
     }
 
+    /// Holds a new delivery back while the projection lags more than `above` (and is working,
+    /// only behind), for at most `at_most`; returns how long, if it was held at all.
+    pub async fn hold_back(&self, above: Duration, at_most: Duration) -> Option<Duration> {
+        let started = tokio::time::Instant::now();
+        let waited = self.progress.wait_lag_below(above, started + at_most).await;
+        waited.then(|| started.elapsed())
+    }
+
     /// Waits until every entry durable now is projected, or `timeout` passes; returns whether
     /// it caught up. For tests and tools that read right after writing.
     pub async fn wait_projected(&self, timeout: Duration) -> bool {

@@ -203,7 +203,11 @@ impl Projector {
         loop {
             let durable = self.progress.durable.load(Ordering::Acquire);
             if durable > self.watermark && !self.stop.load(Ordering::Acquire) {
-                let since = *pending_since.get_or_insert_with(Instant::now);
+                let since = *pending_since.get_or_insert_with(|| {
+                    // The lag's age counts while the round is paced, not from its start.
+                    self.progress.age_from_hand(self.watermark);
+                    Instant::now()
+                });
                 let few = ((durable - self.watermark) as u64) < FULL_ROUND;
                 if few && since.elapsed() < self.pace {
                     // Pacing: new entries do not end this wait (only `stop` does), the pace does.
@@ -394,7 +398,7 @@ impl Projector {
             self.wake.notify();
         }
         self.watermark = mark;
-        progress.projected.store(mark, Ordering::Release);
+        progress.mark_projected(mark);
         crate::monitor::leads_created(tally.created);
         crate::monitor::deliveries(crate::monitor::Outcome::Duplicate, tally.duplicates);
         crate::monitor::projection_batch(tally.entries, started.elapsed());

@@ -198,6 +198,13 @@ async fn receive(
             "the projection is too far behind the log, retry later",
         ));
     }
+    if let Some(hold) = state.hold_back() {
+        // Behind, but working: slow this acknowledgement to the projector's pace rather than
+        // let the lag grow to the 503s above.
+        if let Some(held) = state.store().hold_back(hold.above, hold.at_most).await {
+            monitor::held_back(held);
+        }
+    }
     let kind = Kind::of(&extracted);
     let raw = verified.into_bytes();
     // Compression costs microseconds for a typical body; a large batch goes to the blocking
