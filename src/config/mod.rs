@@ -315,11 +315,11 @@ pub struct IngestSettings {
     /// larger transactions write fewer bytes per lead. Adds at most this to the lag.
     pub projection_pace_ms: u64,
     /// Milliseconds the projection may lag (the age of the oldest entry not yet turned into
-    /// leads) before new deliveries are held back, each until the lag is under it again: the
+    /// leads) before new deliveries are held back, 100 ms for each second over it: the
     /// acknowledgements slow down to the pace the projector keeps, instead of the lag growing
     /// until the 503s of `max_projection_lag`. 0 never holds back.
     pub hold_back_lag_ms: u64,
-    /// The longest one delivery is held back; it is then stored and acknowledged anyway.
+    /// The longest one delivery is held back; it is then stored and acknowledged.
     pub max_hold_back_ms: u64,
 }
 

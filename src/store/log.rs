@@ -270,8 +270,6 @@ pub struct Progress {
     handoff: Mutex<Handoff>,
     wake: Mutex<bool>,
     bell: Condvar,
-    /// Rung after each projection round, for deliveries held back while the lag is high.
-    projected_bell: tokio::sync::Notify,
 }
 
 impl Progress {
@@ -319,11 +317,10 @@ impl Progress {
 
     /// Publishes the projector's new watermark. The lag's age then starts at the next entry
     /// when it is in hand (otherwise it keeps the last round's, until the next round starts,
-    /// which overstates it by at most a round), and held-back deliveries look again.
+    /// which overstates it by at most a round).
     pub fn mark_projected(&self, mark: i64) {
         self.age_from_hand(mark);
         self.projected.store(mark, Ordering::Release);
-        self.projected_bell.notify_waiters();
     }
 
     /// Dates the lag from the entry after `projected` when it is in hand: when a round ends,
@@ -336,27 +333,6 @@ impl Progress {
             if let Some(next) = next.filter(|e| e.id == projected + 1) {
                 self.oldest_unprojected_ms
                     .store(next.received_at, Ordering::Release);
-            }
-        }
-    }
-
-    /// Waits until the lag's age is at most `above` (or the projector is failing: waiting
-    /// would not help it), or `deadline` passes. Returns whether it had to wait.
-    pub async fn wait_lag_below(&self, above: Duration, deadline: tokio::time::Instant) -> bool {
-        let mut waited = false;
-        loop {
-            let rung = self.projected_bell.notified();
-            tokio::pin!(rung);
-            // Registered before the lag is read: a round ending in between still wakes it.
-            rung.as_mut().enable();
-            if self.projector_failing.load(Ordering::Acquire)
-                || self.lag_seconds() <= above.as_secs_f64()
-            {
-                return waited;
-            }
-            waited = true;
-            if tokio::time::timeout_at(deadline, rung).await.is_err() {
-                return waited;
             }
         }
     }
@@ -550,39 +526,5 @@ mod tests {
         assert!(lag < 1.0, "entry 2 is 0.1 s old, not 5 s: {lag}");
         p.mark_projected(2);
         assert_eq!(p.lag_seconds(), 0.0);
-    }
-
-    #[tokio::test]
-    async fn a_held_back_delivery_goes_on_when_a_round_brings_the_lag_under_the_bound() {
-        let now = chrono::Utc::now().timestamp_millis();
-        let p = std::sync::Arc::new(Progress::default());
-        p.offer(handed(1, now - 3_000));
-        p.offer(handed(2, now));
-        p.mark_durable(2);
-        p.oldest_unprojected_ms
-            .store(now - 3_000, Ordering::Release);
-        let bound = Duration::from_secs(1);
-        let far = tokio::time::Instant::now() + Duration::from_secs(30);
-        let waiter = tokio::spawn({
-            let p = p.clone();
-            async move { p.wait_lag_below(bound, far).await }
-        });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!waiter.is_finished(), "held while 3 s behind");
-        p.mark_projected(1);
-        let held = tokio::time::timeout(Duration::from_secs(5), waiter)
-            .await
-            .expect("released by the round")
-            .expect("task");
-        assert!(held);
-        // Not held at all when under the bound; never held past the deadline.
-        assert!(!p.wait_lag_below(bound, far).await);
-        p.oldest_unprojected_ms
-            .store(now - 3_000, Ordering::Release);
-        let soon = tokio::time::Instant::now() + Duration::from_millis(50);
-        assert!(p.wait_lag_below(bound, soon).await);
-        // A failing projector holds nobody back.
-        p.projector_failing.store(true, Ordering::Release);
-        assert!(!p.wait_lag_below(bound, far).await);
     }
 }

@@ -420,6 +420,22 @@ pub struct Lag {
     pub failing: bool,
 }
 
+/// How much each second of lag over the bound delays an acknowledgement: 100 ms per second.
+const HOLD_BACK_PER_LAG_SECOND: f64 = 0.1;
+
+/// How long to hold a new delivery back at `lag`: nothing under `above`, then in proportion to
+/// the excess, at most `at_most`; nothing while the projector fails (waiting would not help
+/// it). A closed loop of senders slows until the projector keeps up a little over `above`:
+/// where 64 connections must slow by a few milliseconds each, the lag settles a few tens of
+/// milliseconds over it, and every acknowledgement is a little late rather than a few very.
+pub fn hold_back_for(lag: &Lag, above: Duration, at_most: Duration) -> Option<Duration> {
+    let excess = lag.seconds - above.as_secs_f64();
+    if lag.failing || excess <= 0.0 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(excess * HOLD_BACK_PER_LAG_SECOND).min(at_most))
+}
+
 impl Store {
     /// Appends one verified delivery to the log; returns once it is durable.
     pub async fn ingest(&self, record: LogRecord) -> Result<(), IngestError> {
@@ -435,12 +451,12 @@ impl Store {
         }
     }
 
-    /// Holds a new delivery back while the projection lags more than `above` (and is working,
-    /// only behind), for at most `at_most`; returns how long, if it was held at all.
+    /// Holds a new delivery back while the projection lags more than `above` (see
+    /// [`hold_back_for`]); returns how long, if it was held at all.
     pub async fn hold_back(&self, above: Duration, at_most: Duration) -> Option<Duration> {
-        let started = tokio::time::Instant::now();
-        let waited = self.progress.wait_lag_below(above, started + at_most).await;
-        waited.then(|| started.elapsed())
+        let wait = hold_back_for(&self.lag(), above, at_most)?;
+        tokio::time::sleep(wait).await;
+        Some(wait)
     }
 
     /// Waits until every entry durable now is projected, or `timeout` passes; returns whether
@@ -531,5 +547,34 @@ impl Store {
     pub async fn close(&self) {
         self.write.close().await;
         self.read.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lag(seconds: f64, failing: bool) -> Lag {
+        Lag {
+            entries: 100,
+            seconds,
+            failing,
+        }
+    }
+
+    #[test]
+    fn a_delivery_is_held_back_in_proportion_to_the_lag_over_the_bound() {
+        let (above, at_most) = (Duration::from_millis(500), Duration::from_secs(2));
+        assert_eq!(hold_back_for(&lag(0.0, false), above, at_most), None);
+        assert_eq!(hold_back_for(&lag(0.5, false), above, at_most), None);
+        let a = hold_back_for(&lag(0.7, false), above, at_most).expect("held");
+        let b = hold_back_for(&lag(2.5, false), above, at_most).expect("held");
+        assert!((a.as_secs_f64() - 0.02).abs() < 1e-9, "{a:?}");
+        assert!((b.as_secs_f64() - 0.2).abs() < 1e-9, "{b:?}");
+        assert_eq!(
+            hold_back_for(&lag(600.0, false), above, at_most),
+            Some(at_most)
+        );
+        assert_eq!(hold_back_for(&lag(60.0, true), above, at_most), None);
     }
 }
