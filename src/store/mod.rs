@@ -428,7 +428,7 @@ const HOLD_BACK_PER_LAG_SECOND: f64 = 0.1;
 /// it). A closed loop of senders slows until the projector keeps up a little over `above`:
 /// where 64 connections must slow by a few milliseconds each, the lag settles a few tens of
 /// milliseconds over it, and many acknowledgements are a little late rather than a few very late.
-fn hold_back_for(lag: &Lag, above: Duration, at_most: Duration) -> Option<Duration> {
+pub fn hold_back_for(lag: &Lag, above: Duration, at_most: Duration) -> Option<Duration> {
     let excess = lag.seconds - above.as_secs_f64();
     if lag.failing || excess <= 0.0 {
         return None;
@@ -449,14 +449,6 @@ impl Store {
             seconds: self.progress.lag_seconds(),
             failing: self.progress.projector_failing.load(Ordering::Acquire),
         }
-    }
-
-    /// Holds a new delivery back while the projection lags more than `above` (see
-    /// `hold_back_for`); returns how long, if it was held at all.
-    pub async fn hold_back(&self, above: Duration, at_most: Duration) -> Option<Duration> {
-        let wait = hold_back_for(&self.lag(), above, at_most)?;
-        tokio::time::sleep(wait).await;
-        Some(wait)
     }
 
     /// Waits until every entry durable now is projected, or `timeout` passes; returns whether

@@ -26,7 +26,7 @@ use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::query::Params;
 use crate::leads::extract::{extract, ParseStatus};
 use crate::monitor::{self, Outcome};
-use crate::store::{IngestError, Kind, LogRecord};
+use crate::store::{hold_back_for, IngestError, Kind, LogRecord};
 use admission::BodyError;
 
 /// Bodies above this are parsed on the blocking pool.
@@ -201,8 +201,9 @@ async fn receive(
     if let Some(hold) = state.hold_back() {
         // Behind, but working: slow this acknowledgement to the projector's pace rather than
         // let the lag grow to the 503s above.
-        if let Some(held) = state.store().hold_back(hold.above, hold.at_most).await {
-            monitor::held_back(held);
+        if let Some(wait) = hold_back_for(&lag, hold.above, hold.at_most) {
+            tokio::time::sleep(wait).await;
+            monitor::held_back(wait);
         }
     }
     let kind = Kind::of(&extracted);
