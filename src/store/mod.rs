@@ -318,7 +318,12 @@ pub async fn open(
         .pragma("cache_size", "-2000")
         .create_if_missing(false)
         .pragma("query_only", "ON");
-    let write_options = options.clone().create_if_missing(false);
+    // Its commits (forwarding and conversion outcomes, API writes) must not run the leads
+    // file's checkpoint inside the write turn either: the checkpointer task does that.
+    let write_options = options.clone().create_if_missing(false).pragma(
+        "wal_autocheckpoint",
+        writer::WRITER_AUTOCHECKPOINT_PAGES.to_string(),
+    );
     let read = SqlitePoolOptions::new()
         .max_connections(settings.read_connections.max(1))
         .min_connections(1)

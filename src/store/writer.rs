@@ -272,7 +272,7 @@ pub(super) fn open_connection(
 }
 
 /// WAL pages after which the writer checkpoints by itself, should the checkpointer fall behind.
-const WRITER_AUTOCHECKPOINT_PAGES: u32 = 20_000;
+pub(super) const WRITER_AUTOCHECKPOINT_PAGES: u32 = 20_000;
 
 pub(super) struct Writer {
     conn: Option<Connection>,
