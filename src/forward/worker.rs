@@ -79,6 +79,8 @@ impl Worker {
         // at the write lock behind a projector round), so sending never stops for it.
         let mut recording: Option<JoinHandle<Recorded>> = None;
         let mut recorded: Option<Recorded> = None;
+        // One outbox read at a time, also beside the sends.
+        let mut reading: Option<JoinHandle<Read>> = None;
         loop {
             while let Some(done) = sends.try_join_next() {
                 if let Ok(done) = done {
@@ -86,7 +88,9 @@ impl Worker {
                     finished.push(done);
                 }
             }
-            if let Some((batch, result)) = recorded.take() {
+            // A read in flight may have seen rows as still pending that this batch has since
+            // recorded; they stay held until that read is handled, so they are not sent twice.
+            if let Some((batch, result)) = recorded.take_if(|_| reading.is_none()) {
                 match result {
                     Ok(()) => {
                         let now = now_ms();
@@ -115,7 +119,9 @@ impl Worker {
                 }
             }
             let stopping = drain_deadline.is_some();
+            // (Not while the last batch's outcome waits to be handled.)
             let flush = recording.is_none()
+                && recorded.is_none()
                 && !finished.is_empty()
                 && (finished.len() >= RECORD_BATCH
                     || sends.is_empty()
@@ -135,7 +141,12 @@ impl Worker {
                 failed_since_log = 0;
                 last_failed_log = Instant::now();
             }
-            if stopping && sends.is_empty() && finished.is_empty() && recording.is_none() {
+            if stopping
+                && sends.is_empty()
+                && finished.is_empty()
+                && recording.is_none()
+                && recorded.is_none()
+            {
                 break;
             }
             let mut next_look = Instant::now() + POLL;
@@ -156,47 +167,21 @@ impl Worker {
                     cursor = None;
                     maybe_more = true;
                 }
-                if buffer.len() < max && maybe_more {
-                    let now = now_ms();
-                    let read = match cursor {
-                        // What arrived since the last look, in lead order.
-                        Some(after) => {
-                            outbox::due_after(self.store.read_pool(), &name, after, now, FETCH)
-                                .await
-                        }
-                        // Everything due, retries included, oldest due first (skipping rows
-                        // this worker already holds).
+                // Reads run beside the sends, and start while the buffer still holds a full
+                // read's worth, so the sends never wait for the outbox.
+                if reading.is_none() && maybe_more && buffer.len() < FETCH {
+                    maybe_more = false;
+                    let (pool, name) = (self.store.read_pool().clone(), name.clone());
+                    let (after, limit) = match cursor {
+                        Some(after) => (Some(after), FETCH),
                         None => {
                             rescan_at = Instant::now() + POLL;
-                            outbox::due(self.store.read_pool(), &name, now, held.len() + FETCH)
-                                .await
+                            (None, held.len() + FETCH)
                         }
                     };
-                    match read {
-                        Ok(due) => {
-                            let mut fresh = 0;
-                            for d in due {
-                                cursor = Some(cursor.unwrap_or(0).max(d.delivery_id));
-                                if held.insert(d.delivery_id) {
-                                    buffer.push_back(d);
-                                    fresh += 1;
-                                }
-                            }
-                            if fresh < FETCH {
-                                // The due rows are all here; sleep until the next one falls due.
-                                maybe_more = false;
-                                if let Ok(Some(at)) =
-                                    outbox::next_due(self.store.read_pool(), &name, now).await
-                                {
-                                    let wait = Duration::from_millis((at - now).max(0) as u64);
-                                    rescan_at = rescan_at.min(Instant::now() + wait);
-                                }
-                            }
-                        }
-                        Err(err) => {
-                            tracing::warn!(destination = %name, %err, "could not read the outbox; retrying");
-                        }
-                    }
+                    reading = Some(tokio::spawn(async move {
+                        read_due(&pool, &name, after, limit).await
+                    }));
                 }
                 while sends.len() < max {
                     let Some(d) = buffer.pop_front() else { break };
@@ -223,6 +208,36 @@ impl Worker {
                     recorded = Some(done.unwrap_or_else(|err| {
                         (Vec::new(), Err(format!("the recording task failed: {err}")))
                     }));
+                }
+                read = async {
+                    match reading.as_mut() {
+                        Some(handle) => handle.await,
+                        None => std::future::pending().await,
+                    }
+                }, if reading.is_some() => {
+                    reading = None;
+                    let read = read.unwrap_or_else(|err| Err(format!("the read task failed: {err}")));
+                    match read {
+                        Ok((due, full, next)) => {
+                            for d in due {
+                                cursor = Some(cursor.unwrap_or(0).max(d.delivery_id));
+                                if held.insert(d.delivery_id) {
+                                    buffer.push_back(d);
+                                }
+                            }
+                            // A full read may have left more behind.
+                            maybe_more |= full;
+                            if let Some(at) = next {
+                                // The due rows are all here; sleep until the next one falls due.
+                                let wait = Duration::from_millis((at - now_ms()).max(0) as u64);
+                                rescan_at = rescan_at.min(Instant::now() + wait);
+                            }
+                        }
+                        Err(err) => {
+                            // Read again at the next wake-up or poll, not in a tight loop.
+                            tracing::warn!(destination = %name, %err, "could not read the outbox; retrying");
+                        }
+                    }
                 }
                 Some(done) = sends.join_next(), if !sends.is_empty() => {
                     if let Ok(done) = done {
@@ -257,6 +272,9 @@ impl Worker {
             }
         }
         // Whatever finished while draining is recorded before the worker ends.
+        if let Some((batch, Err(_))) = recorded.take() {
+            finished.extend(batch);
+        }
         if let Some(handle) = recording.take() {
             if let Ok((batch, Err(_))) = handle.await {
                 finished.extend(batch);
@@ -338,6 +356,28 @@ impl Worker {
             _ => {}
         }
     }
+}
+
+/// An outbox read: the due deliveries, whether the read was full (more may be due), and when
+/// the next pending one falls due if it was not.
+type Read = Result<(Vec<Due>, bool, Option<i64>), String>;
+
+/// Reads up to `limit` due deliveries: those above `after` in id order (what arrived since the
+/// last look), or with no `after` everything due, retries included, oldest due first.
+async fn read_due(pool: &sqlx::SqlitePool, name: &str, after: Option<i64>, limit: usize) -> Read {
+    let now = now_ms();
+    let due = match after {
+        Some(after) => outbox::due_after(pool, name, after, now, limit).await,
+        None => outbox::due(pool, name, now, limit).await,
+    }
+    .map_err(|e| e.to_string())?;
+    let full = due.len() >= limit;
+    let next = if full {
+        None
+    } else {
+        outbox::next_due(pool, name, now).await.ok().flatten()
+    };
+    Ok((due, full, next))
 }
 
 /// A recorded batch, and whether its transaction committed.

@@ -588,3 +588,62 @@ async fn every_new_lead_has_its_delivery_and_duplicates_get_none() {
         .unwrap();
     assert_eq!(left, 19);
 }
+
+#[tokio::test]
+async fn a_busy_destination_gets_every_lead_exactly_once() {
+    // More leads than one outbox read holds, arriving while sends, reads and the recording of
+    // outcomes overlap: none is lost, none is sent twice.
+    let dest = destination().await;
+    answer(
+        &dest,
+        ResponseTemplate::new(200).set_delay(Duration::from_millis(5)),
+    )
+    .await;
+    let url = format!("{}/hook", dest.uri());
+    let app = spawn_with(|s| {
+        s.forwarding = forward_config(&[("a", &url, "max_in_flight = 8")], "[0, 1]")
+    })
+    .await;
+    let total = 700;
+    for batch in 0..7 {
+        let messages: Vec<Value> = (0..100)
+            .map(|i| {
+                let n = batch * 100 + i;
+                referral_message(&format!("wamid.B{n}"), &format!("12{n}"), "ad-1")
+            })
+            .collect();
+        let contacts: Vec<Value> = (0..100)
+            .map(|i| contact(&format!("12{}", batch * 100 + i), "Ada"))
+            .collect();
+        let body = delivery(value(
+            "106540352242922",
+            Value::Array(contacts),
+            Value::Array(messages),
+        ));
+        assert_eq!(app.deliver_no_wait(&body).await.status(), 200);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let got = received(&dest, total, 30).await;
+    // Everything is recorded as delivered, then nothing more is sent.
+    let pool = app.outside_pool().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let succeeded: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'succeeded'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if succeeded == total as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{succeeded} of {total} recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got_after = dest.received_requests().await.unwrap_or_default();
+    let ids: std::collections::HashSet<&str> =
+        got_after.iter().map(|r| header(r, "webhook-id")).collect();
+    assert!(got.len() >= total);
+    assert_eq!(got_after.len(), total, "some lead was sent twice");
+    assert_eq!(ids.len(), total);
+}
