@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::attempt::{self, Target, Verdict};
 use super::DestinationState;
-use crate::store::outbox::{self, Attempted, Due, Mark};
+use crate::store::outbox::{self, Attempted, Due, Mark, Reader};
 use crate::store::Store;
 
 /// The longest a worker sleeps without looking at the outbox (a safety net; it is woken).
@@ -79,8 +79,10 @@ impl Worker {
         // at the write lock behind a projector round), so sending never stops for it.
         let mut recording: Option<JoinHandle<Recorded>> = None;
         let mut recorded: Option<Recorded> = None;
-        // One outbox read at a time, also beside the sends.
+        // One outbox read at a time, also beside the sends, on the worker's own connection
+        // (away while a read runs).
         let mut reading: Option<JoinHandle<Read>> = None;
+        let mut reader = open_reader(&self.store, &name);
         loop {
             while let Some(done) = sends.try_join_next() {
                 if let Ok(done) = done {
@@ -171,7 +173,6 @@ impl Worker {
                 // read's worth, so the sends never wait for the outbox.
                 if reading.is_none() && maybe_more && buffer.len() < FETCH {
                     maybe_more = false;
-                    let (pool, name) = (self.store.read_pool().clone(), name.clone());
                     let (after, limit) = match cursor {
                         Some(after) => (Some(after), FETCH),
                         None => {
@@ -179,9 +180,12 @@ impl Worker {
                             (None, held.len() + FETCH)
                         }
                     };
-                    reading = Some(tokio::spawn(async move {
-                        read_due(&pool, &name, after, limit).await
-                    }));
+                    if reader.is_none() {
+                        reader = open_reader(&self.store, &name);
+                    }
+                    reading = reader
+                        .take()
+                        .map(|reader| read_due(reader, name.clone(), after, limit));
                 }
                 while sends.len() < max {
                     let Some(d) = buffer.pop_front() else { break };
@@ -216,7 +220,17 @@ impl Worker {
                     }
                 }, if reading.is_some() => {
                     reading = None;
-                    let read = read.unwrap_or_else(|err| Err(format!("the read task failed: {err}")));
+                    let read = match read {
+                        Ok((back, read)) => {
+                            reader = Some(back);
+                            read
+                        }
+                        Err(err) => {
+                            // The connection went with the task: open another.
+                            reader = open_reader(&self.store, &name);
+                            Err(format!("the read task failed: {err}"))
+                        }
+                    };
                     match read {
                         Ok((due, full, next)) => {
                             for d in due {
@@ -358,26 +372,41 @@ impl Worker {
     }
 }
 
-/// An outbox read: the due deliveries, whether the read was full (more may be due), and when
-/// the next pending one falls due if it was not.
-type Read = Result<(Vec<Due>, bool, Option<i64>), String>;
+/// An outbox read: the reader back, then the due deliveries, whether the read was full (more
+/// may be due), and when the next pending one falls due if it was not.
+type Read = (Reader, Result<(Vec<Due>, bool, Option<i64>), String>);
 
-/// Reads up to `limit` due deliveries: those above `after` in id order (what arrived since the
-/// last look), or with no `after` everything due, retries included, oldest due first.
-async fn read_due(pool: &sqlx::SqlitePool, name: &str, after: Option<i64>, limit: usize) -> Read {
-    let now = now_ms();
-    let due = match after {
-        Some(after) => outbox::due_after(pool, name, after, now, limit).await,
-        None => outbox::due(pool, name, now, limit).await,
-    }
-    .map_err(|e| e.to_string())?;
-    let full = due.len() >= limit;
-    let next = if full {
-        None
-    } else {
-        outbox::next_due(pool, name, now).await.ok().flatten()
-    };
-    Ok((due, full, next))
+/// Reads up to `limit` due deliveries on the blocking pool: those above `after` in id order
+/// (what arrived since the last look), or with no `after` everything due, retries included,
+/// oldest due first.
+fn read_due(reader: Reader, name: String, after: Option<i64>, limit: usize) -> JoinHandle<Read> {
+    tokio::task::spawn_blocking(move || {
+        let now = now_ms();
+        let read = || {
+            let due = match after {
+                Some(after) => reader.due_after(&name, after, now, limit)?,
+                None => reader.due(&name, now, limit)?,
+            };
+            let full = due.len() >= limit;
+            let next = if full {
+                None
+            } else {
+                reader.next_due(&name, now).ok().flatten()
+            };
+            Ok::<_, rusqlite::Error>((due, full, next))
+        };
+        let result = read().map_err(|e| e.to_string());
+        (reader, result)
+    })
+}
+
+/// The worker's read connection, or `None` (logged) when it could not be opened: then it
+/// tries again on its next look.
+fn open_reader(store: &Store, name: &str) -> Option<Reader> {
+    store
+        .outbox_reader()
+        .inspect_err(|err| tracing::warn!(destination = %name, %err, "could not open a read connection to the outbox; retrying"))
+        .ok()
 }
 
 /// A recorded batch, and whether its transaction committed.

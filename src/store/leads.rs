@@ -140,6 +140,36 @@ pub struct Cursor {
 }
 
 impl LeadRow {
+    /// The lead from a rusqlite row holding [`COLUMNS`] in order from column `at`.
+    pub(super) fn from_rusqlite(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: row.get(at)?,
+            wamid: row.get(at + 1)?,
+            waba_id: row.get(at + 2)?,
+            phone_number_id: row.get(at + 3)?,
+            display_phone_number: row.get(at + 4)?,
+            wa_id: row.get(at + 5)?,
+            user_id: row.get(at + 6)?,
+            profile_name: row.get(at + 7)?,
+            message_type: row.get(at + 8)?,
+            text: row.get(at + 9)?,
+            timestamp: row.get(at + 10)?,
+            received_at: row.get(at + 11)?,
+            source_url: row.get(at + 12)?,
+            source_id: row.get(at + 13)?,
+            source_type: row.get(at + 14)?,
+            headline: row.get(at + 15)?,
+            body: row.get(at + 16)?,
+            media_type: row.get(at + 17)?,
+            image_url: row.get(at + 18)?,
+            video_url: row.get(at + 19)?,
+            thumbnail_url: row.get(at + 20)?,
+            ctwa_clid: row.get(at + 21)?,
+            ref_: row.get(at + 22)?,
+            welcome_message: row.get(at + 23)?,
+        })
+    }
+
     pub fn cursor(&self) -> Cursor {
         Cursor {
             received_at_ms: self.received_at,

@@ -536,6 +536,11 @@ impl Store {
     }
 
     /// Wakes the forwarding workers (deliveries became due).
+    /// A read connection to the leads file of a forwarding worker's own.
+    pub fn outbox_reader(&self) -> Result<outbox::Reader, StoreError> {
+        Ok(outbox::Reader::open(&self.path)?)
+    }
+
     pub fn outbox_wake(&self) -> &outbox::Wake {
         &self.wake
     }

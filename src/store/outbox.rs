@@ -111,7 +111,7 @@ pub(super) fn enqueue(
 }
 
 /// A delivery due to be sent, with its lead.
-#[derive(Debug, Clone, FromRow)]
+#[derive(Debug, Clone)]
 pub struct Due {
     pub delivery_id: i64,
     pub webhook_id: String,
@@ -119,84 +119,98 @@ pub struct Due {
     pub step: i64,
     /// When the delivery was created (the event's timestamp), unix ms.
     pub queued_at: i64,
-    #[sqlx(flatten)]
     pub lead: LeadRow,
 }
 
-fn lead_columns() -> &'static str {
+/// A destination worker's own read connection to the leads file, through rusqlite: its reads
+/// take many rows of two dozen columns each, which sqlx copies value by value on a thread of
+/// its own. Used on the blocking pool, one read at a time.
+pub struct Reader(Connection);
+
+/// The columns a due delivery is read with: the delivery's, then the lead's ([`COLUMNS`]).
+fn due_columns() -> &'static str {
     static PREFIXED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     PREFIXED.get_or_init(|| {
-        COLUMNS
+        let lead = COLUMNS
             .split(',')
             .map(|c| format!("l.{}", c.trim()))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", ");
+        format!("d.id, d.webhook_id, d.attempts, d.step, d.created_at, {lead}")
     })
 }
 
-/// Up to `limit` pending deliveries to `destination` due by `now_ms`, oldest due first (for
-/// first attempts, that is lead order).
-pub async fn due(
-    pool: &SqlitePool,
-    destination: &str,
-    now_ms: i64,
-    limit: usize,
-) -> Result<Vec<Due>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT d.id AS delivery_id, d.webhook_id, d.attempts, d.step, d.created_at AS queued_at, \
-         {} FROM deliveries d JOIN leads l ON l.id = d.lead_id \
-         WHERE d.destination = ? AND d.status = 'pending' AND d.next_attempt_at <= ? \
-         ORDER BY d.next_attempt_at, d.id LIMIT ?",
-        lead_columns()
-    ))
-    .bind(destination)
-    .bind(now_ms)
-    .bind(limit as i64)
-    .fetch_all(pool)
-    .await
+fn due_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Due> {
+    Ok(Due {
+        delivery_id: row.get(0)?,
+        webhook_id: row.get(1)?,
+        attempts: row.get(2)?,
+        step: row.get(3)?,
+        queued_at: row.get(4)?,
+        lead: LeadRow::from_rusqlite(row, 5)?,
+    })
 }
 
-/// Up to `limit` pending deliveries to `destination` due by `now_ms` with ids above `after`,
-/// in id order: what arrived since a worker last looked. It walks ids upward from `after` (the
-/// rowid, not an index: the rows above are few), so it costs the new rows only, however large
-/// the backlog below.
-pub async fn due_after(
-    pool: &SqlitePool,
-    destination: &str,
-    after: i64,
-    now_ms: i64,
-    limit: usize,
-) -> Result<Vec<Due>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT d.id AS delivery_id, d.webhook_id, d.attempts, d.step, d.created_at AS queued_at, \
-         {} FROM deliveries d NOT INDEXED JOIN leads l ON l.id = d.lead_id \
-         WHERE d.id > ? AND d.destination = ? AND d.status = 'pending' AND d.next_attempt_at <= ? \
-         ORDER BY d.id LIMIT ?",
-        lead_columns()
-    ))
-    .bind(after)
-    .bind(destination)
-    .bind(now_ms)
-    .bind(limit as i64)
-    .fetch_all(pool)
-    .await
-}
+impl Reader {
+    /// Opens a read-only connection to the leads file at `path`.
+    pub(super) fn open(path: &std::path::Path) -> rusqlite::Result<Self> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "cache_size", -1024)?;
+        Ok(Self(conn))
+    }
 
-/// When the next pending delivery to `destination` after `now_ms` falls due, if any.
-pub async fn next_due(
-    pool: &SqlitePool,
-    destination: &str,
-    now_ms: i64,
-) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT next_attempt_at FROM deliveries \
-         WHERE destination = ? AND status = 'pending' AND next_attempt_at > ? \
-         ORDER BY next_attempt_at LIMIT 1",
-    )
-    .bind(destination)
-    .bind(now_ms)
-    .fetch_optional(pool)
-    .await
+    /// Up to `limit` pending deliveries to `destination` due by `now_ms`, oldest due first
+    /// (for first attempts, that is lead order).
+    pub fn due(&self, destination: &str, now_ms: i64, limit: usize) -> rusqlite::Result<Vec<Due>> {
+        self.0
+            .prepare_cached(&format!(
+                "SELECT {} FROM deliveries d JOIN leads l ON l.id = d.lead_id \
+                 WHERE d.destination = ?1 AND d.status = 'pending' AND d.next_attempt_at <= ?2 \
+                 ORDER BY d.next_attempt_at, d.id LIMIT ?3",
+                due_columns()
+            ))?
+            .query_map(params![destination, now_ms, limit as i64], due_row)?
+            .collect()
+    }
+
+    /// Up to `limit` pending deliveries to `destination` due by `now_ms` with ids above
+    /// `after`, in id order: what arrived since a worker last looked. It walks ids upward from
+    /// `after` (the rowid, not an index: the rows above are few), so it costs the new rows
+    /// only, however large the backlog below.
+    pub fn due_after(
+        &self,
+        destination: &str,
+        after: i64,
+        now_ms: i64,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<Due>> {
+        self.0
+            .prepare_cached(&format!(
+                "SELECT {} FROM deliveries d NOT INDEXED JOIN leads l ON l.id = d.lead_id \
+                 WHERE d.id > ?1 AND d.destination = ?2 AND d.status = 'pending' \
+                 AND d.next_attempt_at <= ?3 ORDER BY d.id LIMIT ?4",
+                due_columns()
+            ))?
+            .query_map(params![after, destination, now_ms, limit as i64], due_row)?
+            .collect()
+    }
+
+    /// When the next pending delivery to `destination` after `now_ms` falls due, if any.
+    pub fn next_due(&self, destination: &str, now_ms: i64) -> rusqlite::Result<Option<i64>> {
+        use rusqlite::OptionalExtension;
+        self.0
+            .prepare_cached(
+                "SELECT next_attempt_at FROM deliveries \
+                 WHERE destination = ?1 AND status = 'pending' AND next_attempt_at > ?2 \
+                 ORDER BY next_attempt_at LIMIT 1",
+            )?
+            .query_row(params![destination, now_ms], |r| r.get(0))
+            .optional()
+    }
 }
 
 /// What an attempt decided for its delivery.
