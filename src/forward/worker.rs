@@ -1,7 +1,8 @@
-//! One destination's worker: takes due deliveries from the outbox in order, keeps at most
-//! `max_in_flight` requests open, records each outcome (in batches), and waits for whatever
-//! comes first: a send finishing, new deliveries, the next scheduled retry, or shutdown. Each
-//! destination has its own worker and HTTP client, so a slow or dead one never delays another.
+//! One destination's worker: takes due deliveries from the outbox in order (read on a
+//! connection of its own, beside the sends), keeps at most `max_in_flight` requests open,
+//! records each outcome (in batches), and waits for whatever comes first: a send finishing, new
+//! deliveries, the next scheduled retry, or shutdown. Each destination has its own worker and
+//! HTTP client, so a slow or dead one never delays another.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;

@@ -175,44 +175,60 @@ pub enum Outcome {
     },
 }
 
-/// Records outcomes in one transaction.
+/// Records outcomes in one statement (a Conversions API batch holds up to 1,000 events): the
+/// outcomes go in as one JSON array, which SQLite's `json_each` joins to the rows by id.
 pub async fn record(
     pool: &SqlitePool,
     done: &[(i64, Outcome)],
     now_ms: i64,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    for (id, outcome) in done {
-        let (status, next, step, error) = match outcome {
-            Outcome::Sent { .. } => ("sent", None, None, None),
-            Outcome::Retry { error, at_ms, step } => {
-                ("pending", Some(*at_ms), Some(*step), Some(error))
-            }
-            Outcome::Failed { error } => ("failed", None, None, Some(error)),
-        };
-        let trace = match outcome {
-            Outcome::Sent { fbtrace_id } => fbtrace_id.clone(),
-            _ => error.and_then(|e| e.fbtrace_id.clone()),
-        };
-        sqlx::query(
-            "UPDATE conversions SET status = ?, attempts = attempts + 1, next_attempt_at = ?, \
-             step = COALESCE(?, step), last_status_code = ?, last_error = ?, error_code = ?, \
-             error_subcode = ?, fbtrace_id = ?, updated_at = ? WHERE id = ?",
-        )
-        .bind(status)
-        .bind(next)
-        .bind(step)
-        .bind(error.and_then(|e| e.status).map(i64::from))
-        .bind(error.map(|e| e.message.as_str()))
-        .bind(error.and_then(|e| e.code))
-        .bind(error.and_then(|e| e.subcode))
-        .bind(trace)
-        .bind(now_ms)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    if done.is_empty() {
+        return Ok(());
     }
-    tx.commit().await
+    let marks: Vec<_> = done
+        .iter()
+        .map(|(id, outcome)| {
+            let (status, next, step, error) = match outcome {
+                Outcome::Sent { .. } => ("sent", None, None, None),
+                Outcome::Retry { error, at_ms, step } => {
+                    ("pending", Some(*at_ms), Some(*step), Some(error))
+                }
+                Outcome::Failed { error } => ("failed", None, None, Some(error)),
+            };
+            let trace = match outcome {
+                Outcome::Sent { fbtrace_id } => fbtrace_id.as_deref(),
+                _ => error.and_then(|e| e.fbtrace_id.as_deref()),
+            };
+            (
+                id,
+                status,
+                next,
+                step,
+                error.and_then(|e| e.status),
+                error.map(|e| e.message.as_str()),
+                error.and_then(|e| e.code),
+                error.and_then(|e| e.subcode),
+                trace,
+            )
+        })
+        .collect();
+    let marks = serde_json::to_string(&marks).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query(
+        "UPDATE conversions SET status = m.status, attempts = attempts + 1, \
+         next_attempt_at = m.next, step = COALESCE(m.step, conversions.step), \
+         last_status_code = m.code, last_error = m.error, error_code = m.error_code, \
+         error_subcode = m.error_subcode, fbtrace_id = m.trace, updated_at = ?2 \
+         FROM (SELECT value ->> 0 AS id, value ->> 1 AS status, value ->> 2 AS next, \
+               value ->> 3 AS step, value ->> 4 AS code, value ->> 5 AS error, \
+               value ->> 6 AS error_code, value ->> 7 AS error_subcode, value ->> 8 AS trace \
+               FROM json_each(?1)) AS m \
+         WHERE conversions.id = m.id",
+    )
+    .bind(marks)
+    .bind(now_ms)
+    .execute(pool)
+    .await
+    .map(drop)
 }
 
 /// One page of conversions, newest first: ids below `before`, optionally of one status/lead.
