@@ -212,8 +212,8 @@ pub async fn record(
             )
         })
         .collect();
-    let marks = serde_json::to_string(&marks).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    sqlx::query(
+    super::update_each(
+        pool,
         "UPDATE conversions SET status = m.status, attempts = attempts + 1, \
          next_attempt_at = m.next, step = COALESCE(m.step, conversions.step), \
          last_status_code = m.code, last_error = m.error, error_code = m.error_code, \
@@ -223,12 +223,10 @@ pub async fn record(
                value ->> 6 AS error_code, value ->> 7 AS error_subcode, value ->> 8 AS trace \
                FROM json_each(?1)) AS m \
          WHERE conversions.id = m.id",
+        &marks,
+        now_ms,
     )
-    .bind(marks)
-    .bind(now_ms)
-    .execute(pool)
     .await
-    .map(drop)
 }
 
 /// One page of conversions, newest first: ids below `before`, optionally of one status/lead.

@@ -237,6 +237,24 @@ fn open_log_reader(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
     Ok(conn)
 }
 
+/// Runs `sql`, an `UPDATE … FROM json_each(?1)` that joins one JSON array element to each row
+/// it changes, with `rows` as that array and `now_ms` as `?2`: a batch of outcomes in one
+/// statement (the outbox's forwarding attempts, the conversions' Conversions API events).
+pub(crate) async fn update_each(
+    pool: &SqlitePool,
+    sql: &str,
+    rows: &impl serde::Serialize,
+    now_ms: i64,
+) -> Result<(), sqlx::Error> {
+    let rows = serde_json::to_string(rows).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query(sql)
+        .bind(rows)
+        .bind(now_ms)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
 /// Runs `f` (SQLite work through rusqlite) on the blocking pool.
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
@@ -535,12 +553,12 @@ impl Store {
         &self.turns
     }
 
-    /// Wakes the forwarding workers (deliveries became due).
     /// A read connection to the leads file of a forwarding worker's own.
     pub fn outbox_reader(&self) -> Result<outbox::Reader, StoreError> {
         Ok(outbox::Reader::open(&self.path)?)
     }
 
+    /// Wakes the forwarding workers (deliveries became due).
     pub fn outbox_wake(&self) -> &outbox::Wake {
         &self.wake
     }

@@ -127,16 +127,36 @@ pub struct Due {
 /// its own. Used on the blocking pool, one read at a time.
 pub struct Reader(Connection);
 
-/// The columns a due delivery is read with: the delivery's, then the lead's ([`COLUMNS`]).
-fn due_columns() -> &'static str {
-    static PREFIXED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    PREFIXED.get_or_init(|| {
+/// The two reads of due deliveries, built once; each takes the delivery's columns, then the
+/// lead's ([`COLUMNS`]).
+struct DueSql {
+    /// Everything due, oldest due first.
+    all: String,
+    /// What arrived after an id, in id order.
+    after: String,
+}
+
+fn due_sql() -> &'static DueSql {
+    static SQL: std::sync::OnceLock<DueSql> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
         let lead = COLUMNS
             .split(',')
             .map(|c| format!("l.{}", c.trim()))
             .collect::<Vec<_>>()
             .join(", ");
-        format!("d.id, d.webhook_id, d.attempts, d.step, d.created_at, {lead}")
+        let columns = format!("d.id, d.webhook_id, d.attempts, d.step, d.created_at, {lead}");
+        DueSql {
+            all: format!(
+                "SELECT {columns} FROM deliveries d JOIN leads l ON l.id = d.lead_id \
+                 WHERE d.destination = ?1 AND d.status = 'pending' AND d.next_attempt_at <= ?2 \
+                 ORDER BY d.next_attempt_at, d.id LIMIT ?3"
+            ),
+            after: format!(
+                "SELECT {columns} FROM deliveries d NOT INDEXED JOIN leads l ON l.id = d.lead_id \
+                 WHERE d.id > ?1 AND d.destination = ?2 AND d.status = 'pending' \
+                 AND d.next_attempt_at <= ?3 ORDER BY d.id LIMIT ?4"
+            ),
+        }
     })
 }
 
@@ -167,12 +187,7 @@ impl Reader {
     /// (for first attempts, that is lead order).
     pub fn due(&self, destination: &str, now_ms: i64, limit: usize) -> rusqlite::Result<Vec<Due>> {
         self.0
-            .prepare_cached(&format!(
-                "SELECT {} FROM deliveries d JOIN leads l ON l.id = d.lead_id \
-                 WHERE d.destination = ?1 AND d.status = 'pending' AND d.next_attempt_at <= ?2 \
-                 ORDER BY d.next_attempt_at, d.id LIMIT ?3",
-                due_columns()
-            ))?
+            .prepare_cached(&due_sql().all)?
             .query_map(params![destination, now_ms, limit as i64], due_row)?
             .collect()
     }
@@ -189,12 +204,7 @@ impl Reader {
         limit: usize,
     ) -> rusqlite::Result<Vec<Due>> {
         self.0
-            .prepare_cached(&format!(
-                "SELECT {} FROM deliveries d NOT INDEXED JOIN leads l ON l.id = d.lead_id \
-                 WHERE d.id > ?1 AND d.destination = ?2 AND d.status = 'pending' \
-                 AND d.next_attempt_at <= ?3 ORDER BY d.id LIMIT ?4",
-                due_columns()
-            ))?
+            .prepare_cached(&due_sql().after)?
             .query_map(params![after, destination, now_ms, limit as i64], due_row)?
             .collect()
     }
@@ -278,8 +288,8 @@ pub async fn record(pool: &SqlitePool, done: &[Attempted], now_ms: i64) -> Resul
             (a.delivery_id, status, code, error, next, step)
         })
         .collect();
-    let marks = serde_json::to_string(&marks).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    sqlx::query(
+    super::update_each(
+        pool,
         "UPDATE deliveries SET status = m.status, attempts = attempts + 1, \
          last_status_code = m.code, last_error = m.error, next_attempt_at = m.next, \
          step = COALESCE(m.step, deliveries.step), updated_at = ?2 \
@@ -287,12 +297,10 @@ pub async fn record(pool: &SqlitePool, done: &[Attempted], now_ms: i64) -> Resul
                value ->> 3 AS error, value ->> 4 AS next, value ->> 5 AS step \
                FROM json_each(?1)) AS m \
          WHERE deliveries.id = m.id",
+        &marks,
+        now_ms,
     )
-    .bind(marks)
-    .bind(now_ms)
-    .execute(pool)
     .await
-    .map(drop)
 }
 
 /// A delivery as the API shows it.
