@@ -203,23 +203,13 @@ impl Worker {
                 next_look = next_look.min(rescan_at);
             }
             tokio::select! {
-                done = async {
-                    match recording.as_mut() {
-                        Some(handle) => handle.await,
-                        None => std::future::pending().await,
-                    }
-                }, if recording.is_some() => {
+                done = finished_task(&mut recording), if recording.is_some() => {
                     recording = None;
                     recorded = Some(done.unwrap_or_else(|err| {
                         (Vec::new(), Err(format!("the recording task failed: {err}")))
                     }));
                 }
-                read = async {
-                    match reading.as_mut() {
-                        Some(handle) => handle.await,
-                        None => std::future::pending().await,
-                    }
-                }, if reading.is_some() => {
+                read = finished_task(&mut reading), if reading.is_some() => {
                     reading = None;
                     let read = match read {
                         Ok((back, read)) => {
@@ -370,6 +360,15 @@ impl Worker {
             }
             _ => {}
         }
+    }
+}
+
+/// The task's result once it ends; never, while there is none (for a `select!` arm guarded by
+/// `is_some()`).
+async fn finished_task<T>(task: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match task.as_mut() {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
     }
 }
 
