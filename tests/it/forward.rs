@@ -606,15 +606,16 @@ async fn a_busy_destination_gets_every_lead_exactly_once() {
     .await;
     let total = 700;
     for batch in 0..7 {
-        let messages: Vec<Value> = (0..100)
+        let (contacts, messages): (Vec<Value>, Vec<Value>) = (0..100)
             .map(|i| {
                 let n = batch * 100 + i;
-                referral_message(&format!("wamid.B{n}"), &format!("12{n}"), "ad-1")
+                let from = format!("12{n}");
+                (
+                    contact(&from, "Ada"),
+                    referral_message(&format!("wamid.B{n}"), &from, "ad-1"),
+                )
             })
-            .collect();
-        let contacts: Vec<Value> = (0..100)
-            .map(|i| contact(&format!("12{}", batch * 100 + i), "Ada"))
-            .collect();
+            .unzip();
         let body = delivery(value(
             "106540352242922",
             Value::Array(contacts),
