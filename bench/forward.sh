@@ -8,7 +8,9 @@
 # every lead was delivered. Runs: both at the most the server takes, then forwarding at each of
 # RATES (sustained deliveries/s, paced by the load generator): the queue is bounded at a rate
 # when its pending count stops growing. Prints one table and the ratio of ingest with and
-# without forwarding at full load.
+# without forwarding at full load. Each run also reports the CPU time its receiver used
+# (utime + stime of every process, over the measured run) per acknowledged delivery, and the
+# destination's per request: on one machine they share the cores, so these say what a rate costs.
 #
 #   bench/forward.sh [seconds, default 30] [warm-up seconds, default 10]
 #   MAX_IN_FLIGHT=128 (the destination's concurrency), DELAY_MS=5, RATES="4000 6000"
@@ -73,6 +75,17 @@ except Exception:
 PY
 }
 
+# CPU seconds (user + system) used so far by the given processes, all threads included.
+cpu_seconds() {
+  local ticks=0 p f
+  for p in "$@"; do
+    f=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
+    set -- $f
+    ticks=$((ticks + ${12} + ${13}))
+  done
+  python3 -c "print($ticks / $(getconf CLK_TCK))"
+}
+
 declare -A ROW RPS
 run() { # key yes|no|peer (forwarding on, off, or the Node peer instead) [deliveries/s]
   local key=$1 fwd=$2 rate=${3:-0}
@@ -93,12 +106,29 @@ run() { # key yes|no|peer (forwarding on, off, or the Node peer instead) [delive
   local samples="$WORK/pending.txt"; : >"$samples"
   ( while true; do pending >>"$samples"; sleep 1; done ) &
   local sampler=$!
+  local procs; procs="$server $({ pgrep -P "$server" || true; } | tr '\n' ' ')"
+  local cpu0 rcpu0 got0
+  cpu0=$(cpu_seconds $procs); rcpu0=$(cpu_seconds "$receiver")
+  got0=$(curl -fs "http://127.0.0.1:$RPORT/count" || echo '{"requests": 0}')
   ./target/release/examples/loadgen --url "$URL" --connections 64 --duration "$DURATION" \
     --rate "$rate" --secret "$SECRET" --json --label "$key" >"$WORK/out.txt"
+  local cpu1 rcpu1 got1
+  cpu1=$(cpu_seconds $procs); rcpu1=$(cpu_seconds "$receiver")
+  got1=$(curl -fs "http://127.0.0.1:$RPORT/count" || echo '{"requests": 0}')
   kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
   local line; line=$(tail -1 "$WORK/out.txt")
   RPS[$key]=$(python3 -c "import json; print(round(json.loads('''$line''')['rps']))")
   local p99; p99=$(python3 -c "import json; print(json.loads('''$line''')['p99_ms'])")
+  local cost; cost=$(python3 - "$line" "$cpu0" "$cpu1" "$rcpu0" "$rcpu1" "$got0" "$got1" <<'PY'
+import json, sys
+run = json.loads(sys.argv[1])
+cpu0, cpu1, r0, r1 = map(float, sys.argv[2:6])
+sent = json.loads(sys.argv[7])["requests"] - json.loads(sys.argv[6])["requests"]
+server = (cpu1 - cpu0) * 1e6 / max(1, run["ok"])
+receiver = f"{(r1 - r0) * 1e6 / sent:.0f}" if sent > 0 else "–"
+print(f"{server:.0f} | {receiver}")
+PY
+)
   local at_end; at_end=$(pending)
   local start; start=$(date +%s.%N)
   local drain="-"
@@ -117,7 +147,7 @@ PY
 import sqlite3
 try: print(sqlite3.connect('file:$WORK/bench.db?mode=ro', uri=True).execute('SELECT COUNT(*) FROM leads').fetchone()[0])
 except Exception: print('-')")
-  ROW[$key]="| $key | ${RPS[$key]} | $p99 | $stats | $at_end | $drain | $leads | $got |"
+  ROW[$key]="| $key | ${RPS[$key]} | $p99 | $cost | $stats | $at_end | $drain | $leads | $got |"
   kill -TERM "$server" 2>/dev/null; wait "$server" 2>/dev/null || true
   kill "$receiver" 2>/dev/null; wait "$receiver" 2>/dev/null || true
 }
@@ -127,8 +157,8 @@ run plain no
 run forwarding yes
 for r in $RATES; do run "forwarding@$r/s" yes "$r"; done
 echo
-echo "| run | deliveries/s | p99 ms | pending p50 | pending p99 | pending max | pending at end | all delivered after s | leads | receiver |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "| run | deliveries/s | p99 ms | server CPU µs / delivery | destination CPU µs / request | pending p50 | pending p99 | pending max | pending at end | all delivered after s | leads | receiver |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 echo "${ROW[peer]}"
 echo "${ROW[plain]}"
 echo "${ROW[forwarding]}"
