@@ -9,7 +9,10 @@
 # durable run on a database grown to PREFILL leads (paced at 80% of the empty database's figure,
 # then at full load on the same files), and 1000-message deliveries. It prints one
 # table with per-delivery bytes written (/proc/PID/io write_bytes ÷ acknowledged deliveries),
-# the projection lag, peak RSS, and the ratios to the peer and to the ceiling.
+# the projection lag, peak RSS, the CPU time (user + system, all processes and threads) that
+# the receiver and the load generator each spent per acknowledged delivery over the measured
+# seconds, and the ratios to the peer and to the ceiling. Client and receiver share the cores,
+# so the CPU columns bound the ratios: a receiver that costs less per delivery gets more.
 #
 #   bench/run.sh [seconds per run, default 30] [warm-up seconds, default 10]
 #   PREFILL=2000000 (0 skips the grown-database run), BURST=60 (seconds of the statuses burst)
@@ -66,6 +69,16 @@ stop() { kill -TERM "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true; }
 written() { local t=0; for p in "${PIDS[@]}"; do t=$(( t + $(awk '/^write_bytes/{print $2}' /proc/$p/io 2>/dev/null || echo 0) )); done; echo $t; }
 rss_mb() { local t=0; for p in "${PIDS[@]}"; do t=$(( t + $(awk '/^VmRSS/{print $2}' /proc/$p/status 2>/dev/null || echo 0) )); done; echo $(( t / 1024 )); }
 hwm_mb() { local t=0; for p in "${PIDS[@]}"; do t=$(( t + $(awk '/^VmHWM/{print $2}' /proc/$p/status 2>/dev/null || echo 0) )); done; echo $(( t / 1024 )); }
+# CPU clock ticks (user + system) used so far by the given processes, all threads included.
+ticks() {
+  local t=0 p f
+  for p in "$@"; do
+    f=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
+    set -- $f
+    t=$((t + ${12} + ${13}))
+  done
+  echo $t
+}
 field() { python3 -c "import json,sys; v=json.loads(sys.argv[1])[sys.argv[2]]; print(round(v, 3) if isinstance(v, float) else v)" "$1" "$2"; }
 
 declare -A ROW RPS
@@ -81,15 +94,24 @@ run() { # key mode conns mix seconds [warm-up loadgen args]; KEEP=keep reuses th
   local check=()
   [ "$mode" = durable ] && check=(--api-token "$TOKEN")
   ./target/release/examples/loadgen --url "$URL" --connections "$conns" --duration "$secs" \
-    --secret "$SECRET" --mix "$mix" ${RATE:+--rate "$RATE"} "${check[@]}" --json --label "$key" >"$WORK/out.txt" \
-    || { cat "$WORK/out.txt"; echo "loadgen failed"; exit 1; }
+    --secret "$SECRET" --mix "$mix" ${RATE:+--rate "$RATE"} "${check[@]}" --json --label "$key" >"$WORK/out.txt" &
+  local client=$!
+  # CPU over the measured seconds only (the exactly-once check, an export of every lead,
+  # follows them), read just before they end, while the load generator still runs.
+  local t0 cpu0 lg0; t0=$(date +%s.%N); cpu0=$(ticks "${PIDS[@]}"); lg0=$(ticks "$client")
+  sleep "$(python3 -c "print(max(0.1, $secs - 0.5))")"
+  local t1 cpu1 lg1; t1=$(date +%s.%N); cpu1=$(ticks "${PIDS[@]}"); lg1=$(ticks "$client")
+  wait "$client" || { cat "$WORK/out.txt"; echo "loadgen failed"; exit 1; }
   local after; after=$(written)
   local line; line=$(tail -1 "$WORK/out.txt")
   local ok; ok=$(field "$line" ok)
   local kb; kb=$(python3 -c "print(round(($after - $before) / max($ok, 1) / 1024, 1))")
   RPS[$key]=$(python3 -c "print(round($(field "$line" rps)))")
+  local per="/ $(getconf CLK_TCK) * 1e6 / max(1, $(field "$line" rps) * ($t1 - $t0))"
+  local cpu; cpu=$(python3 -c "print(round(($cpu1 - $cpu0) $per))")
+  local lg; lg=$(python3 -c "print(round(($lg1 - $lg0) $per))")
   local chk; chk=$(field "$line" check | cut -d' ' -f1)
-  ROW[$key]="| $key | $conns | $mix | ${RPS[$key]} | $(field "$line" p50_ms) | $(field "$line" p99_ms) | $(field "$line" lag_p99_s) | $(field "$line" drain_s) | $kb | $(hwm_mb) | $chk |"
+  ROW[$key]="| $key | $conns | $mix | ${RPS[$key]} | $(field "$line" p50_ms) | $(field "$line" p99_ms) | $(field "$line" lag_p99_s) | $(field "$line" drain_s) | $kb | $(hwm_mb) | $cpu | $lg | $chk |"
   stop
 }
 
@@ -112,8 +134,8 @@ BATCH=$(./target/release/examples/loadgen --url "$URL" --secret "$SECRET" --batc
 stop
 
 echo
-echo "| run | connections | mix | deliveries/s | p50 ms | p99 ms | lag p99 s | caught up after s | KB written/delivery | peak RSS MB | exactly-once |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| run | connections | mix | deliveries/s | p50 ms | p99 ms | lag p99 s | caught up after s | KB written/delivery | peak RSS MB | receiver CPU µs/delivery | load generator CPU µs/delivery | exactly-once |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for key in ceiling16 durable16 peer16 ceiling64 durable64 peer64 statuses-ceiling statuses-durable grown-paced64 grown-durable64; do
   [ -n "${ROW[$key]:-}" ] && echo "${ROW[$key]}"
 done
