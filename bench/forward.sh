@@ -8,9 +8,10 @@
 # every lead was delivered. Runs: both at the most the server takes, then forwarding at each of
 # RATES (sustained deliveries/s, paced by the load generator): the queue is bounded at a rate
 # when its pending count stops growing. Prints one table and the ratio of ingest with and
-# without forwarding at full load. Each run also reports the CPU time its receiver used
-# (utime + stime of every process, over the measured run) per acknowledged delivery, and the
-# destination's per request: on one machine they share the cores, so these say what a rate costs.
+# without forwarding at full load. Each run also reports the CPU time its server used (utime +
+# stime of every process and thread, over the measured run: ctwa-leads, or the peer's three
+# processes) per acknowledged delivery, and the destination's per request: on one machine they
+# share the cores, so these say what a rate costs.
 #
 #   bench/forward.sh [seconds, default 30] [warm-up seconds, default 10]
 #   MAX_IN_FLIGHT=128 (the destination's concurrency), DELAY_MS=5, RATES="4000 6000"
