@@ -55,6 +55,8 @@ TOML
 PIDS=()
 start() { # ceiling|durable|peer [keep: reuse the files of the previous run]
   [ "${2:-}" = keep ] || rm -rf "$WORK"/bench*.db* "$WORK"/peer.db*
+  # Every run starts on a quiet disk, not beside the previous run's writeback.
+  sync
   case $1 in
     peer) node bench/peer/server.js "$PORT" "$SECRET" "$WORK/peer.db" 2 >"$WORK/server.log" 2>&1 & ;;
     ceiling) CTWA_INGEST__CEILING_MODE=true RUST_LOG=warn ./target/release/ctwa-leads serve --config "$WORK/config.toml" >"$WORK/server.log" 2>&1 & ;;
