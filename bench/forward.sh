@@ -76,16 +76,7 @@ except Exception:
 PY
 }
 
-# CPU seconds (user + system) used so far by the given processes, all threads included.
-cpu_seconds() {
-  local ticks=0 p f
-  for p in "$@"; do
-    f=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
-    set -- $f
-    ticks=$((ticks + ${12} + ${13}))
-  done
-  python3 -c "print($ticks / $(getconf CLK_TCK))"
-}
+. bench/cpu.sh
 
 declare -A ROW RPS
 run() { # key yes|no|peer (forwarding on, off, or the Node peer instead) [deliveries/s]

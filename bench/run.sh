@@ -71,16 +71,7 @@ stop() { kill -TERM "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true; }
 written() { local t=0; for p in "${PIDS[@]}"; do t=$(( t + $(awk '/^write_bytes/{print $2}' /proc/$p/io 2>/dev/null || echo 0) )); done; echo $t; }
 rss_mb() { local t=0; for p in "${PIDS[@]}"; do t=$(( t + $(awk '/^VmRSS/{print $2}' /proc/$p/status 2>/dev/null || echo 0) )); done; echo $(( t / 1024 )); }
 hwm_mb() { local t=0; for p in "${PIDS[@]}"; do t=$(( t + $(awk '/^VmHWM/{print $2}' /proc/$p/status 2>/dev/null || echo 0) )); done; echo $(( t / 1024 )); }
-# CPU clock ticks (user + system) used so far by the given processes, all threads included.
-ticks() {
-  local t=0 p f
-  for p in "$@"; do
-    f=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
-    set -- $f
-    t=$((t + ${12} + ${13}))
-  done
-  echo $t
-}
+. bench/cpu.sh
 field() { python3 -c "import json,sys; v=json.loads(sys.argv[1])[sys.argv[2]]; print(round(v, 3) if isinstance(v, float) else v)" "$1" "$2"; }
 
 declare -A ROW RPS
@@ -100,16 +91,16 @@ run() { # key mode conns mix seconds [warm-up loadgen args]; KEEP=keep reuses th
   local client=$!
   # CPU over the measured seconds only (the exactly-once check, an export of every lead,
   # follows them), read just before they end, while the load generator still runs.
-  local t0 cpu0 lg0; t0=$(date +%s.%N); cpu0=$(ticks "${PIDS[@]}"); lg0=$(ticks "$client")
+  local t0 cpu0 lg0; t0=$(date +%s.%N); cpu0=$(cpu_seconds "${PIDS[@]}"); lg0=$(cpu_seconds "$client")
   sleep "$(python3 -c "print(max(0.1, $secs - 0.5))")"
-  local t1 cpu1 lg1; t1=$(date +%s.%N); cpu1=$(ticks "${PIDS[@]}"); lg1=$(ticks "$client")
+  local t1 cpu1 lg1; t1=$(date +%s.%N); cpu1=$(cpu_seconds "${PIDS[@]}"); lg1=$(cpu_seconds "$client")
   wait "$client" || { cat "$WORK/out.txt"; echo "loadgen failed"; exit 1; }
   local after; after=$(written)
   local line; line=$(tail -1 "$WORK/out.txt")
   local ok; ok=$(field "$line" ok)
   local kb; kb=$(python3 -c "print(round(($after - $before) / max($ok, 1) / 1024, 1))")
   RPS[$key]=$(python3 -c "print(round($(field "$line" rps)))")
-  local per="/ $(getconf CLK_TCK) * 1e6 / max(1, $(field "$line" rps) * ($t1 - $t0))"
+  local per="* 1e6 / max(1, $(field "$line" rps) * ($t1 - $t0))"
   local cpu; cpu=$(python3 -c "print(round(($cpu1 - $cpu0) $per))")
   local lg; lg=$(python3 -c "print(round(($lg1 - $lg0) $per))")
   local chk; chk=$(field "$line" check | cut -d' ' -f1)
