@@ -100,21 +100,21 @@ run() { # key yes|no|peer (forwarding on, off, or the Node peer instead) [delive
   local sampler=$!
   local procs; procs="$server $({ pgrep -P "$server" || true; } | tr '\n' ' ')"
   local cpu0 rcpu0 got0
-  cpu0=$(cpu_seconds $procs); rcpu0=$(cpu_seconds "$receiver")
+  cpu0=$(cpu_ticks $procs); rcpu0=$(cpu_ticks "$receiver")
   got0=$(curl -fs "http://127.0.0.1:$RPORT/count" || echo '{"requests": 0}')
   ./target/release/examples/loadgen --url "$URL" --connections 64 --duration "$DURATION" \
     --rate "$rate" --secret "$SECRET" --json --label "$key" >"$WORK/out.txt"
   local cpu1 rcpu1 got1
-  cpu1=$(cpu_seconds $procs); rcpu1=$(cpu_seconds "$receiver")
+  cpu1=$(cpu_ticks $procs); rcpu1=$(cpu_ticks "$receiver")
   got1=$(curl -fs "http://127.0.0.1:$RPORT/count" || echo '{"requests": 0}')
   kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
   local line; line=$(tail -1 "$WORK/out.txt")
   RPS[$key]=$(python3 -c "import json; print(round(json.loads('''$line''')['rps']))")
   local p99; p99=$(python3 -c "import json; print(json.loads('''$line''')['p99_ms'])")
-  local cost; cost=$(python3 - "$line" "$cpu0" "$cpu1" "$rcpu0" "$rcpu1" "$got0" "$got1" <<'PY'
+  local cost; cost=$(python3 - "$line" "$cpu0" "$cpu1" "$rcpu0" "$rcpu1" "$got0" "$got1" "$CLK_TCK" <<'PY'
 import json, sys
 run = json.loads(sys.argv[1])
-cpu0, cpu1, r0, r1 = map(float, sys.argv[2:6])
+cpu0, cpu1, r0, r1 = (float(x) / float(sys.argv[8]) for x in sys.argv[2:6])
 sent = json.loads(sys.argv[7])["requests"] - json.loads(sys.argv[6])["requests"]
 server = (cpu1 - cpu0) * 1e6 / max(1, run["ok"])
 receiver = f"{(r1 - r0) * 1e6 / sent:.0f}" if sent > 0 else "–"

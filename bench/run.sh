@@ -91,18 +91,20 @@ run() { # key mode conns mix seconds [warm-up loadgen args]; KEEP=keep reuses th
   local client=$!
   # CPU over the measured seconds only (the exactly-once check, an export of every lead,
   # follows them), read just before they end, while the load generator still runs.
-  local t0 cpu0 lg0; t0=$(date +%s.%N); cpu0=$(cpu_seconds "${PIDS[@]}"); lg0=$(cpu_seconds "$client")
-  sleep "$(python3 -c "print(max(0.1, $secs - 0.5))")"
-  local t1 cpu1 lg1; t1=$(date +%s.%N); cpu1=$(cpu_seconds "${PIDS[@]}"); lg1=$(cpu_seconds "$client")
+  local t0 cpu0 lg0; t0=$(date +%s.%N); cpu0=$(cpu_ticks "${PIDS[@]}"); lg0=$(cpu_ticks "$client")
+  sleep "$((secs > 1 ? secs - 1 : 1))"
+  local t1 cpu1 lg1; t1=$(date +%s.%N); cpu1=$(cpu_ticks "${PIDS[@]}"); lg1=$(cpu_ticks "$client")
+  # A load generator that already finished (or is a zombie) has no usable reading.
+  local lg_ok=yes; running "$client" || lg_ok=
   wait "$client" || { cat "$WORK/out.txt"; echo "loadgen failed"; exit 1; }
   local after; after=$(written)
   local line; line=$(tail -1 "$WORK/out.txt")
   local ok; ok=$(field "$line" ok)
   local kb; kb=$(python3 -c "print(round(($after - $before) / max($ok, 1) / 1024, 1))")
   RPS[$key]=$(python3 -c "print(round($(field "$line" rps)))")
-  local per="* 1e6 / max(1, $(field "$line" rps) * ($t1 - $t0))"
+  local per="/ $CLK_TCK * 1e6 / max(1, $(field "$line" rps) * ($t1 - $t0))"
   local cpu; cpu=$(python3 -c "print(round(($cpu1 - $cpu0) $per))")
-  local lg; lg=$(python3 -c "print(round(($lg1 - $lg0) $per))")
+  local lg="–"; [ -n "$lg_ok" ] && lg=$(python3 -c "print(round(($lg1 - $lg0) $per))")
   local chk; chk=$(field "$line" check | cut -d' ' -f1)
   ROW[$key]="| $key | $conns | $mix | ${RPS[$key]} | $(field "$line" p50_ms) | $(field "$line" p99_ms) | $(field "$line" lag_p99_s) | $(field "$line" drain_s) | $kb | $(hwm_mb) | $cpu | $lg | $chk |"
   stop
