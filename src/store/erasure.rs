@@ -5,6 +5,7 @@
 
 use rusqlite::{params, Connection};
 
+use super::leads::CONTACT_LEAD_IDS;
 use super::log::unpack;
 use super::writer::open_connection;
 use super::{Store, StoreError};
@@ -37,18 +38,17 @@ impl Store {
             // the leads' click ids).
             let tx = leads.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for sql in [
-                "DELETE FROM deliveries WHERE lead_id IN \
-                 (SELECT id FROM leads WHERE wa_id = ?1 OR user_id = ?1)",
-                "DELETE FROM conversions WHERE lead_id IN \
-                 (SELECT id FROM leads WHERE wa_id = ?1 OR user_id = ?1)",
-                "DELETE FROM detected_events WHERE ctwa_clid IN \
-                 (SELECT ctwa_clid FROM leads WHERE (wa_id = ?1 OR user_id = ?1) \
-                  AND ctwa_clid IS NOT NULL)",
+                format!("DELETE FROM deliveries WHERE lead_id IN ({CONTACT_LEAD_IDS})"),
+                format!("DELETE FROM conversions WHERE lead_id IN ({CONTACT_LEAD_IDS})"),
+                format!(
+                    "DELETE FROM detected_events WHERE ctwa_clid IN (SELECT ctwa_clid FROM leads \
+                     WHERE id IN ({CONTACT_LEAD_IDS}) AND ctwa_clid IS NOT NULL)"
+                ),
             ] {
-                tx.execute(sql, params![id])?;
+                tx.execute(&sql, params![id])?;
             }
             let removed = tx.execute(
-                "DELETE FROM leads WHERE wa_id = ?1 OR user_id = ?1",
+                &format!("DELETE FROM leads WHERE id IN ({CONTACT_LEAD_IDS})"),
                 params![id],
             )? as u64;
             tx.commit()?;

@@ -61,15 +61,74 @@ pub struct LeadFilter {
     pub until_ms: Option<i64>,
 }
 
+/// Every id range of the contact indexes (`leads_*_by_range`, led by `id >> 16`: 65,536 leads a
+/// range), newest first, for `(id >> 16) IN …`. A contact's leads are spread over the ranges
+/// (31 at 2M leads), so a look-up searches each; in return the projector's inserts stay inside
+/// the newest range, whose leaves stay cached (migration 0007 says why).
+macro_rules! id_ranges {
+    () => {
+        "(WITH RECURSIVE r(x) AS \
+         (SELECT (SELECT max(id) FROM leads) >> 16 UNION ALL SELECT x - 1 FROM r WHERE x > 0) \
+         SELECT x FROM r)"
+    };
+}
+const ID_RANGES: &str = id_ranges!();
+
+/// The ids of every lead of one contact (`?1`, a `wa_id` or a BSUID `user_id`), through the two
+/// contact indexes.
+pub(super) const CONTACT_LEAD_IDS: &str = concat!(
+    "SELECT id FROM leads INDEXED BY leads_wa_id_by_range WHERE (id >> 16) IN ",
+    id_ranges!(),
+    " AND wa_id = ?1 UNION SELECT id FROM leads INDEXED BY leads_user_id_by_range \
+     WHERE (id >> 16) IN ",
+    id_ranges!(),
+    " AND user_id = ?1"
+);
+
+/// The one contact key a filter is looked up by, when it has any: the click id (one lead), else
+/// the `wa_id`, else the `user_id`. The others, if also given, are compared on the rows found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ContactKey {
+    Clid,
+    WaId,
+    UserId,
+}
+
 impl LeadFilter {
-    /// Appends ` FROM leads WHERE …` to `q`; `before` adds the keyset bound. A click id names
-    /// its index, so that no estimate of the planner's (after an operator's `ANALYZE`, say)
-    /// can trade it for a walk of `received_at` that reads rows until one matches.
+    fn contact_key(&self) -> Option<ContactKey> {
+        if self.ctwa_clid.is_some() {
+            Some(ContactKey::Clid)
+        } else if self.wa_id.is_some() {
+            Some(ContactKey::WaId)
+        } else if self.user_id.is_some() {
+            Some(ContactKey::UserId)
+        } else {
+            None
+        }
+    }
+
+    /// Appends ` FROM leads WHERE …` to `q`; `before` adds the keyset bound. A contact key
+    /// (click id, `wa_id`, `user_id`) names its index, so that no estimate of the planner's
+    /// (after an operator's `ANALYZE`, say) can trade it for a walk of `received_at` that reads
+    /// rows until one matches; its matches, one contact's leads, are sorted.
     fn push_from_where<'a>(&'a self, q: &mut QueryBuilder<'a, Sqlite>, before: Option<Cursor>) {
         q.push(" FROM leads");
+        let key = self.contact_key();
         let mut sep = " WHERE ";
+        if let Some(key) = key {
+            let index = match key {
+                ContactKey::Clid => "leads_ctwa_clid_tail_by_range",
+                ContactKey::WaId => "leads_wa_id_by_range",
+                ContactKey::UserId => "leads_user_id_by_range",
+            };
+            q.push(" INDEXED BY ")
+                .push(index)
+                .push(" WHERE (id >> 16) IN ")
+                .push(ID_RANGES);
+            sep = " AND ";
+        }
         if let Some(clid) = &self.ctwa_clid {
-            q.push(" INDEXED BY leads_ctwa_clid_tail").push(sep);
+            q.push(sep);
             push_clid(q, clid);
             sep = " AND ";
         }
@@ -110,7 +169,8 @@ impl LeadFilter {
     }
 }
 
-/// The `WHERE` condition for one click id: its last 16 characters, which `leads_ctwa_clid_tail`
+/// The `WHERE` condition for one click id: its last 16 characters, which
+/// `leads_ctwa_clid_tail_by_range`
 /// indexes (the expression written exactly as the index has it, and compared with a bound value:
 /// the planner does not match `substr(?, -16)`), and then the whole value. That one is written
 /// `+ctwa_clid`: a plain `ctwa_clid = ?` lets SQLite (3.40's shell, at least) propagate the

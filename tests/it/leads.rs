@@ -134,7 +134,8 @@ async fn every_filter_selects_exactly_its_leads_newest_first() {
 #[tokio::test]
 async fn click_ids_that_share_their_indexed_tail_are_told_apart() {
     let app = spawn_app().await;
-    // Meta-length click ids whose last 16 characters (what `leads_ctwa_clid_tail` holds) match.
+    // Meta-length click ids whose last 16 characters (what `leads_ctwa_clid_tail_by_range`
+    // holds) match.
     let tail = "0123456789abcdef";
     let first = format!("ARAkLkA8rmlFeiCktEJQ-QTwRiyYHAFDLMNDBH0CD3qpjd0HR4irJ6LEkR7Jw-one-{tail}");
     let second =
@@ -574,15 +575,18 @@ async fn every_single_filter_page_is_index_backed() {
         (set(|f| f.source_id = Some("x".into())), "leads_source_id"),
         (
             set(|f| f.ctwa_clid = Some("ARAk-a-click-id-longer-than-its-tail".into())),
-            "leads_ctwa_clid_tail",
+            "leads_ctwa_clid_tail_by_range",
         ),
         (set(|f| f.ref_ = Some("x".into())), "leads_ref"),
         (
             set(|f| f.source_type = Some("x".into())),
             "leads_source_type",
         ),
-        (set(|f| f.wa_id = Some("x".into())), "leads_wa_id"),
-        (set(|f| f.user_id = Some("x".into())), "leads_user_id"),
+        (set(|f| f.wa_id = Some("x".into())), "leads_wa_id_by_range"),
+        (
+            set(|f| f.user_id = Some("x".into())),
+            "leads_user_id_by_range",
+        ),
         (
             set(|f| f.phone_number_id = Some("x".into())),
             "leads_phone_number_id",
@@ -634,10 +638,11 @@ async fn every_single_filter_page_is_index_backed() {
                     !filtered || plan.starts_with("SEARCH leads"),
                     "{filter:?} (analyzed: {analyzed}) scans: {plan}"
                 );
-                // With statistics, SQLite sorts a click id's match (one row) rather than walking
-                // the index in order; everywhere else, a page never sorts.
+                // A contact key's matches (one contact's leads, gathered from every id range)
+                // are sorted; everywhere else, a page walks its index in order and never sorts.
+                let contact = index.ends_with("_by_range");
                 assert!(
-                    !plan.contains("TEMP B-TREE") || (analyzed && filter.ctwa_clid.is_some()),
+                    !plan.contains("TEMP B-TREE") || contact,
                     "{filter:?} (analyzed: {analyzed}) sorts: {plan}"
                 );
             }
@@ -768,4 +773,59 @@ async fn erasing_a_contact_removes_their_leads_and_every_raw_delivery_that_menti
         .await
         .unwrap();
     assert_eq!(res.status(), 401, "bearer-protected");
+}
+
+#[tokio::test]
+async fn a_contacts_leads_are_found_paged_and_erased_across_id_ranges() {
+    let app = spawn_app().await;
+    // One contact's leads in three id ranges of the contact indexes (65,536 ids each), their
+    // received times out of id order, between other people's leads.
+    let outside = app.outside_pool().await;
+    for (id, wamid, wa_id, received_at) in [
+        (5, "w.a", "4917", 3_000),
+        (70_000, "w.b", "4917", 1_000),
+        (70_001, "w.other", "4918", 4_000),
+        (200_000, "w.c", "4917", 2_000),
+        (200_001, "w.d", "4917", 5_000),
+    ] {
+        sqlx::query(
+            "INSERT INTO leads (id, wamid, event_id, received_at, wa_id, user_id, ctwa_clid)
+             VALUES (?1, ?2, 0, ?3, ?4, 'US.' || ?4, 'ARAk-click-' || ?2)",
+        )
+        .bind(id)
+        .bind(wamid)
+        .bind(received_at)
+        .bind(wa_id)
+        .execute(&outside)
+        .await
+        .unwrap();
+    }
+    let newest_first = ["w.d", "w.a", "w.c", "w.b"];
+    for key in ["wa_id=4917", "user_id=US.4917"] {
+        assert_eq!(wamids(&app, key).await, newest_first, "{key}");
+        let mut path = format!("/v1/leads?{key}&limit=3");
+        let mut seen = Vec::new();
+        loop {
+            let page: Value = app.get_json(&path).await;
+            for l in page["data"].as_array().unwrap() {
+                seen.push(l["wamid"].as_str().unwrap().to_owned());
+            }
+            match page["paging"]["next"].as_str() {
+                Some(next) => path = next.to_owned(),
+                None => break,
+            }
+        }
+        assert_eq!(seen, newest_first, "{key}, paged");
+    }
+    assert_eq!(wamids(&app, "ctwa_clid=ARAk-click-w.b").await, ["w.b"]);
+    assert_eq!(
+        wamids(&app, "wa_id=4917&user_id=US.4918").await,
+        Vec::<String>::new()
+    );
+    let res = app.delete("/v1/contacts/US.4917").await;
+    assert_eq!(res.status(), 200);
+    let erased: Value = res.json().await.unwrap();
+    assert_eq!(erased["leads"], 4);
+    assert!(wamids(&app, "wa_id=4917").await.is_empty());
+    assert_eq!(wamids(&app, "").await, ["w.other"]);
 }
