@@ -170,9 +170,9 @@ impl LeadFilter {
 }
 
 /// The `WHERE` condition for one click id: its last 16 characters, which
-/// `leads_ctwa_clid_tail_by_range`
-/// indexes (the expression written exactly as the index has it, and compared with a bound value:
-/// the planner does not match `substr(?, -16)`), and then the whole value. That one is written
+/// `leads_ctwa_clid_tail_by_range` indexes (the expression written exactly as the index has it,
+/// and compared with a bound value: the planner does not match `substr(?, -16)`), and then the
+/// whole value. That one is written
 /// `+ctwa_clid`: a plain `ctwa_clid = ?` lets SQLite (3.40's shell, at least) propagate the
 /// constant into `substr(ctwa_clid, -16)`, which then no longer matches the index, and the
 /// look-up becomes a scan.
