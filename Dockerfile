@@ -21,7 +21,9 @@ USER 10001:10001
 VOLUME ["/app/data"]
 EXPOSE 8080 9091
 # The probe reads the same settings as serve (file plus CTWA_ variables), so it follows the port.
-HEALTHCHECK --interval=15s --timeout=5s --start-period=5s --retries=3 \
+# Start-up applies migrations first (an index rebuild on a large database takes seconds), so
+# failures in the first minute do not count; the first success ends that period.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["ctwa-leads", "healthcheck", "--config", "/app/config.toml"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["ctwa-leads"]
