@@ -67,22 +67,19 @@ pub struct LeadFilter {
 /// the newest range, whose leaves stay cached (migration 0007 says why).
 macro_rules! id_ranges {
     () => {
-        "(WITH RECURSIVE r(x) AS \
-         (SELECT (SELECT max(id) FROM leads) >> 16 UNION ALL SELECT x - 1 FROM r WHERE x > 0) \
-         SELECT x FROM r)"
+        "r(x) AS (SELECT (SELECT max(id) FROM leads) >> 16 UNION ALL SELECT x - 1 FROM r WHERE x > 0)"
     };
 }
-const ID_RANGES: &str = id_ranges!();
+const ID_RANGES: &str = concat!("(WITH RECURSIVE ", id_ranges!(), " SELECT x FROM r)");
 
 /// The ids of every lead of one contact (`?1`, a `wa_id` or a BSUID `user_id`), through the two
-/// contact indexes.
+/// contact indexes, over one list of the id ranges.
 pub(super) const CONTACT_LEAD_IDS: &str = concat!(
-    "SELECT id FROM leads INDEXED BY leads_wa_id_by_range WHERE (id >> 16) IN ",
+    "WITH RECURSIVE ",
     id_ranges!(),
-    " AND wa_id = ?1 UNION SELECT id FROM leads INDEXED BY leads_user_id_by_range \
-     WHERE (id >> 16) IN ",
-    id_ranges!(),
-    " AND user_id = ?1"
+    " SELECT id FROM leads INDEXED BY leads_wa_id_by_range WHERE (id >> 16) IN r AND wa_id = ?1 \
+     UNION SELECT id FROM leads INDEXED BY leads_user_id_by_range \
+     WHERE (id >> 16) IN r AND user_id = ?1"
 );
 
 /// The one contact key a filter is looked up by, when it has any: the click id (one lead), else
