@@ -61,13 +61,31 @@ pub struct LeadFilter {
     pub until_ms: Option<i64>,
 }
 
-/// Every id range of the contact indexes (`leads_*_by_range`, led by `id >> 16`: 65,536 leads a
-/// range), newest first, for `(id >> 16) IN …`. A contact's leads are spread over the ranges
-/// (31 at 2M leads), so a look-up searches each; in return the projector's inserts stay inside
-/// the newest range, whose leaves stay cached (migration 0007 says why).
+/// The id range of a lead in the contact indexes (`leads_*_by_range`): `id >> 14`, 16,384 leads a
+/// range, written exactly as migration 0008 creates them so that SQLite matches the expression.
+macro_rules! id_range {
+    () => {
+        concat!("(id >> ", range_shift!(), ")")
+    };
+}
+
+/// The shift of [`id_range!`]; the migration's text must match it (a planner test checks).
+macro_rules! range_shift {
+    () => {
+        "14"
+    };
+}
+
+/// Every id range, newest first, as the recursive CTE `r`. A contact's leads are spread over the
+/// ranges (122 at 2M leads), so a look-up searches each; in return the projector's inserts stay
+/// inside the newest range, whose leaves stay cached (migrations 0007 and 0008 say why).
 macro_rules! id_ranges {
     () => {
-        "r(x) AS (SELECT (SELECT max(id) FROM leads) >> 16 UNION ALL SELECT x - 1 FROM r WHERE x > 0)"
+        concat!(
+            "r(x) AS (SELECT (SELECT max(id) FROM leads) >> ",
+            range_shift!(),
+            " UNION ALL SELECT x - 1 FROM r WHERE x > 0)"
+        )
     };
 }
 const ID_RANGES: &str = concat!("(WITH RECURSIVE ", id_ranges!(), " SELECT x FROM r)");
@@ -77,9 +95,11 @@ const ID_RANGES: &str = concat!("(WITH RECURSIVE ", id_ranges!(), " SELECT x FRO
 pub(super) const CONTACT_LEAD_IDS: &str = concat!(
     "WITH RECURSIVE ",
     id_ranges!(),
-    " SELECT id FROM leads INDEXED BY leads_wa_id_by_range WHERE (id >> 16) IN r AND wa_id = ?1 \
-     UNION SELECT id FROM leads INDEXED BY leads_user_id_by_range \
-     WHERE (id >> 16) IN r AND user_id = ?1"
+    " SELECT id FROM leads INDEXED BY leads_wa_id_by_range WHERE ",
+    id_range!(),
+    " IN r AND wa_id = ?1 UNION SELECT id FROM leads INDEXED BY leads_user_id_by_range WHERE ",
+    id_range!(),
+    " IN r AND user_id = ?1"
 );
 
 /// The one contact key a filter is looked up by, when it has any: the click id (one lead), else
@@ -120,7 +140,7 @@ impl LeadFilter {
             };
             q.push(" INDEXED BY ")
                 .push(index)
-                .push(" WHERE (id >> 16) IN ")
+                .push(concat!(" WHERE ", id_range!(), " IN "))
                 .push(ID_RANGES);
             sep = " AND ";
         }

@@ -778,7 +778,7 @@ async fn erasing_a_contact_removes_their_leads_and_every_raw_delivery_that_menti
 #[tokio::test]
 async fn a_contacts_leads_are_found_paged_and_erased_across_id_ranges() {
     let app = spawn_app().await;
-    // One contact's leads in three id ranges of the contact indexes (65,536 ids each), their
+    // One contact's leads in three id ranges of the contact indexes (16,384 ids each), their
     // received times out of id order, between other people's leads.
     let outside = app.outside_pool().await;
     for (id, wamid, wa_id, received_at) in [
