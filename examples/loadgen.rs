@@ -595,7 +595,9 @@ async fn prefill(client: &reqwest::Client, url: &str, secret: &str, leads: usize
                 let unique = rng.next();
                 json!({"from": format!("49{:011}", unique % 100_000_000_000),
                 "from_user_id": format!("US.{unique:016x}"),
-                "id": format!("wamid.P{nonce:x}.{p}.{k}"),
+                // Random-headed like the measured run's wamids (and Meta's), so that the run's
+                // inserts land among the prefilled ones in the `wamid` index, not beside them.
+                "id": format!("wamid.{:012x}.P{nonce:x}.{p}.{k}", rng.next() >> 16),
                 "timestamp": "1763798400", "type": "text", "text": {"body": text(&mut rng, 200)},
                 "referral": {"source_url": "https://fb.me/3cr4Wqqkp", "source_id": format!("1202084519307{:05}", unique % 50),
                     "source_type": "ad", "headline": "Summer sale", "body": "Tap to chat", "media_type": "image",
