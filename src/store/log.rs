@@ -247,12 +247,13 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 /// deliveries (half of them under load) rewrites the table's last, partly filled leaf into the
 /// WAL: the smaller that page, the fewer bytes such a commit writes. A compressed body (about
 /// 0.5 KB of a 2 KB delivery) still fits on one page; a larger one spills into overflow pages
-/// written once. Measured at 64 connections on production-shaped load, 20 s runs in the same
-/// hour: the writer put 1.80–1.98 KB per delivery into the log's WAL (six runs) against
-/// 2.31–2.62 with the 4 KiB default (three runs); at `--mix statuses`, 3.4 KB in all against
-/// 4.2. CPU per delivery and the 1000-message acknowledgement did not change beyond noise. A
-/// file created with another page size keeps it (SQLite cannot change it in WAL mode), so an
-/// upgrade needs nothing.
+/// written once. Three interleaved pairs of 20 s at 64 connections on production-shaped load:
+/// 10.45–10.92 KB written per delivery in all against 11.15–11.59 (the log's WAL 1.8–1.9 KB
+/// against 2.3–2.4), at 9,208 against 9,309 deliveries/s and 139.5 against 135.8 µs of CPU per
+/// delivery (means; within this machine's noise, but real in part: the writer makes ~2.9 more
+/// `pwrite` calls per delivery, SQLite writing each frame's header and page separately). On
+/// `--mix statuses`, 3.4 KB in all against 4.2. A file created with another page size keeps it
+/// (SQLite cannot change it in WAL mode), so an upgrade needs nothing.
 const PAGE_SIZE: u32 = 1024;
 
 /// Opens (creating) the log at `path` in WAL mode and applies its schema.
