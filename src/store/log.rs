@@ -243,25 +243,10 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// The page size a new log file gets (bytes). The log only appends, and a commit of one or two
-/// deliveries (half of them under load) rewrites the table's last, partly filled leaf into the
-/// WAL: the smaller that page, the fewer bytes such a commit writes. A compressed body (about
-/// 0.5 KB of a 2 KB delivery) still fits on one page; a larger one spills into overflow pages
-/// written once. Three interleaved pairs of 20 s at 64 connections on production-shaped load:
-/// 10.45–10.92 KB written per delivery in all against 11.15–11.59 (the log's WAL 1.8–1.9 KB
-/// against 2.3–2.4), at 9,208 against 9,309 deliveries/s and 139.5 against 135.8 µs of CPU per
-/// delivery (means; within this machine's noise, but real in part: the writer makes ~2.9 more
-/// `pwrite` calls per delivery, SQLite writing each frame's header and page separately). On
-/// `--mix statuses`, 3.4 KB in all against 4.2. A file created with another page size keeps it
-/// (SQLite cannot change it in WAL mode), so an upgrade needs nothing.
-const PAGE_SIZE: u32 = 1024;
-
 /// Opens (creating) the log at `path` in WAL mode and applies its schema.
 pub fn create(path: &Path) -> rusqlite::Result<()> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
-    // Takes effect only on a new, empty file: before the WAL mode and the first table.
-    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     migrate(&conn)?;
     conn.close().map_err(|(_, err)| err)
@@ -416,40 +401,6 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_new_log_gets_small_pages_and_an_old_one_keeps_its_own() {
-        let dir = tempfile::tempdir().unwrap();
-        let page_size = |path: &Path| -> i64 {
-            Connection::open(path)
-                .unwrap()
-                .query_row("PRAGMA page_size", [], |r| r.get(0))
-                .unwrap()
-        };
-        let new = dir.path().join("new-log.db");
-        create(&new).unwrap();
-        assert_eq!(page_size(&new), i64::from(PAGE_SIZE));
-        // A log made before (SQLite's 4 KiB default) opens as it is, with its entries.
-        let old = dir.path().join("old-log.db");
-        {
-            let conn = Connection::open(&old).unwrap();
-            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-            migrate(&conn).unwrap();
-            conn.execute(
-                "INSERT INTO log (id, received_at, status, kind, lead_count, codec, body) \
-                 VALUES (1, 0, 0, 3, 0, 0, x'7b7d')",
-                [],
-            )
-            .unwrap();
-        }
-        create(&old).unwrap();
-        assert_eq!(page_size(&old), 4096);
-        let count: i64 = Connection::open(&old)
-            .unwrap()
-            .query_row("SELECT count(*) FROM log", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(count, 1);
-    }
 
     #[test]
     fn bodies_round_trip_through_the_codec() {
