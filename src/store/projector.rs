@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::log::{Progress, Unpacker};
+use super::log::{Progress, Unpacker, ROUND_LEADS};
 use super::outbox::{enqueue, Routes, Wake};
 use super::packed::{LeadView, PackedLead, FIELD_COLUMNS};
 use super::writer::open_connection;
@@ -28,7 +28,8 @@ const LAG_WORTH_LOGGING: f64 = 1.0;
 const LAG_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Entries worth a transaction at once; fewer wait up to the pace (`ingest.projection_pace_ms`)
 /// for company, so that a random-keyed index page dirtied once per transaction is shared by
-/// more leads (fewer bytes written, less CPU per lead).
+/// more leads (fewer bytes written, less CPU per lead). Fewer entries that already hold
+/// [`ROUND_LEADS`] leads in hand (large batches) do not wait.
 const FULL_ROUND: u64 = 1024;
 /// Leads one projection transaction takes on, at most (it may exceed this by one entry).
 const MAX_LEADS_PER_ROUND: u64 = 8192;
@@ -208,9 +209,11 @@ impl Projector {
                     self.progress.age_from_hand(self.watermark);
                     Instant::now()
                 });
-                let few = ((durable - self.watermark) as u64) < FULL_ROUND;
+                let few = ((durable - self.watermark) as u64) < FULL_ROUND
+                    && self.progress.handed_leads() < ROUND_LEADS;
                 if few && since.elapsed() < self.pace {
-                    // Pacing: new entries do not end this wait (only `stop` does), the pace does.
+                    // Pacing: new entries do not end this wait (only `stop` and a round's worth of
+                    // leads in hand do), the pace does.
                     self.progress
                         .wait(self.pace.saturating_sub(since.elapsed()));
                     continue;
