@@ -437,20 +437,33 @@ mod tests {
         assert_eq!((tiny.codec, tiny.body.as_slice()), (0, &b"x"[..]));
     }
 
-    #[test]
-    fn the_handoff_gives_only_what_continues_the_watermark() {
-        let p = Progress::default();
+    /// An entry holding `n` leads.
+    fn batch(id: i64, n: usize) -> Handed {
         let lead = NewLead {
             wamid: "w".into(),
             ..NewLead::default()
         };
+        Handed {
+            id,
+            received_at: 0,
+            leads: vec![PackedLead::pack(&lead); n],
+            detected: Vec::new(),
+        }
+    }
+
+    /// Runs `f` on a thread of its own after 50 ms: what a wait under test should wake for.
+    fn soon(f: impl FnOnce() + Send + 'static) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            f();
+        })
+    }
+
+    #[test]
+    fn the_handoff_gives_only_what_continues_the_watermark() {
+        let p = Progress::default();
         for id in [1, 2, 4] {
-            p.offer(Handed {
-                id,
-                received_at: 0,
-                leads: vec![PackedLead::pack(&lead)],
-                detected: Vec::new(),
-            });
+            p.offer(batch(id, 1));
         }
         assert!(p.take(0, 10, 100).is_empty(), "entry 0 is not in hand");
         let got: Vec<i64> = p.take(1, 10, 100).iter().map(|h| h.id).collect();
@@ -460,12 +473,7 @@ mod tests {
         assert_eq!(p.take(4, 10, 100).len(), 1);
         // Past its bound the hand-off refuses, and the projector reads the log.
         for id in 10..(10 + HANDOFF_MAX_LEADS as i64 + 5) {
-            p.offer(Handed {
-                id,
-                received_at: 0,
-                leads: vec![PackedLead::pack(&lead)],
-                detected: Vec::new(),
-            });
+            p.offer(batch(id, 1));
         }
         let taken = p.take(10, i64::MAX, usize::MAX);
         assert_eq!(taken.len(), HANDOFF_MAX_LEADS);
@@ -476,10 +484,7 @@ mod tests {
         let p = std::sync::Arc::new(Progress::default());
         let marker = {
             let p = p.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(50));
-                p.mark_durable(1);
-            })
+            soon(move || p.mark_durable(1))
         };
         let started = std::time::Instant::now();
         p.wait_for_work(0, Duration::from_secs(10));
@@ -501,10 +506,7 @@ mod tests {
         // `wake` (how stop reaches it) does end it.
         let waker = {
             let p = p.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(50));
-                p.wake();
-            })
+            soon(move || p.wake())
         };
         let started = std::time::Instant::now();
         p.wait(Duration::from_secs(10));
@@ -515,18 +517,6 @@ mod tests {
     #[test]
     fn a_round_s_worth_of_leads_in_hand_ends_a_pacing_wait() {
         let p = std::sync::Arc::new(Progress::default());
-        fn batch(id: i64, n: usize) -> Handed {
-            let lead = NewLead {
-                wamid: "w".into(),
-                ..NewLead::default()
-            };
-            Handed {
-                id,
-                received_at: 0,
-                leads: vec![PackedLead::pack(&lead); n],
-                detected: Vec::new(),
-            }
-        }
         // Below a round's worth, a pacing wait lasts its timeout.
         p.offer(batch(1, ROUND_LEADS / 2));
         assert_eq!(p.handed_leads(), ROUND_LEADS / 2);
@@ -536,10 +526,7 @@ mod tests {
         // The entry that brings the hand-off to a round's worth (a large batch) ends it.
         let offerer = {
             let p = p.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(50));
-                p.offer(batch(2, ROUND_LEADS));
-            })
+            soon(move || p.offer(batch(2, ROUND_LEADS)))
         };
         let started = std::time::Instant::now();
         p.wait(Duration::from_secs(10));
