@@ -216,7 +216,12 @@ fn kind_of(status: StatusCode) -> &'static str {
 /// Gives every error the envelope, whoever made it: axum's bare 405, a time-out's 408, an
 /// extractor's `text/plain` rejection. Its headers (`Allow`, `Retry-After`) are kept, and a
 /// short plain-text body becomes the message.
+///
+/// It also refuses a request target over [`MAX_URI_BYTES`] before any handler reads it.
 pub async fn envelope_every_error(request: Request, next: Next) -> Response {
+    if let Some(refused) = refuse_long_uri(&request) {
+        return refused;
+    }
     let response = next.run(request).await;
     let status = response.status();
     let is_json = response
@@ -255,18 +260,20 @@ pub async fn envelope_every_error(request: Request, next: Next) -> Response {
 /// with a bare 414 before any of our code runs.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
 
-pub async fn refuse_long_uris(request: Request, next: Next) -> Response {
+fn refuse_long_uri(request: &Request) -> Option<Response> {
     let len = request
         .uri()
         .path_and_query()
         .map_or(0, |pq| pq.as_str().len());
     if len > MAX_URI_BYTES {
-        return ApiError::client(
-            StatusCode::URI_TOO_LONG,
-            "uri_too_long",
-            format!("the request target is over {MAX_URI_BYTES} bytes"),
-        )
-        .into_response();
+        return Some(
+            ApiError::client(
+                StatusCode::URI_TOO_LONG,
+                "uri_too_long",
+                format!("the request target is over {MAX_URI_BYTES} bytes"),
+            )
+            .into_response(),
+        );
     }
-    next.run(request).await
+    None
 }

@@ -97,14 +97,14 @@ pub fn router(state: AppState) -> Router {
         .merge(probes)
         .layer(
             ServiceBuilder::new()
-                .layer(middleware::from_fn(request_id::keep_only_safe_ids))
+                // Each `from_fn` layer boxes and clones the service stack per request, so
+                // the small checks ride in these two rather than in layers of their own.
                 .layer(middleware::from_fn(record_metrics))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 // Whatever produced an error (axum's 405, a rejection, the time-out), the
                 // client gets the envelope.
                 .layer(middleware::from_fn(error::envelope_every_error))
-                .layer(middleware::from_fn(error::refuse_long_uris))
                 .layer(CatchPanicLayer::custom(on_panic))
                 // A deadline for reading the body and answering (a streamed export's body is
                 // not held to it). A client that trickles its body gets 408.
@@ -154,7 +154,9 @@ fn route_of(req: &Request) -> &str {
 
 /// Counts every request by route template (never the raw path, which would make a series per
 /// lead id), method and status, with its latency.
-async fn record_metrics(request: Request, next: middleware::Next) -> Response {
+/// Unsafe caller request ids are dropped here too, before the id layer runs.
+async fn record_metrics(mut request: Request, next: middleware::Next) -> Response {
+    request_id::keep_only_safe_ids(&mut request);
     let started = std::time::Instant::now();
     let route = route_of(&request).to_owned();
     let method = request.method().clone();

@@ -4,8 +4,6 @@
 
 use axum::extract::Request;
 use axum::http::HeaderName;
-use axum::middleware::Next;
-use axum::response::Response;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -21,7 +19,7 @@ pub fn is_safe(id: &[u8]) -> bool {
 }
 
 /// Drops unsafe (or repeated) ids before the id layer runs.
-pub async fn keep_only_safe_ids(mut request: Request, next: Next) -> Response {
+pub fn keep_only_safe_ids(request: &mut Request) {
     let headers = request.headers();
     let mut values = headers.get_all(&REQUEST_ID).iter();
     let keep = match (values.next(), values.next()) {
@@ -32,7 +30,6 @@ pub async fn keep_only_safe_ids(mut request: Request, next: Next) -> Response {
     if !keep {
         request.headers_mut().remove(&REQUEST_ID);
     }
-    next.run(request).await
 }
 
 /// The request's id for its span (set by then).
