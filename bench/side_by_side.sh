@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Two builds of ctwa-leads compared side by side: both servers run at once on the same cores,
+# each on fresh files and under its own load generator (production-shaped --mix real by
+# default), so this machine's drift from hour to hour hits both alike. It prints each
+# server's acknowledged deliveries/s and CPU time (user + system, all threads) per acknowledged
+# delivery over the measured seconds, and B's CPU per delivery as a ratio of A's. Run it
+# several times and swap A and B: one pair differs by up to ±8% when A and B are the same
+# build. It compares our builds with each other, so there is no peer; bench/run.sh has the
+# peer ratios.
+#
+#   bench/side_by_side.sh A_BINARY B_BINARY [connections each, default 32] [seconds, default 20]
+#   MIX=statuses for the status-heavy mix
+#
+# For example, the build before a change against the working tree:
+#   git stash && cargo build --release --bin ctwa-leads && cp target/release/ctwa-leads /tmp/a
+#   git stash pop && cargo build --release --bin ctwa-leads --example loadgen
+#   for i in 1 2 3; do bench/side_by_side.sh /tmp/a target/release/ctwa-leads
+#                      bench/side_by_side.sh target/release/ctwa-leads /tmp/a; done
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 2 ] || { sed -n '2,17s/^# \{0,1\}//p' "$0"; exit 2; }
+A=$(readlink -f "$1")
+B=$(readlink -f "$2")
+CONNS=${3:-32}
+SECS=${4:-20}
+MIX=${MIX:-real}
+LOADGEN=target/release/examples/loadgen
+[ -x "$LOADGEN" ] || cargo build --release --locked --quiet --example loadgen
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+start() { # binary port dir: prints the server's pid
+  mkdir -p "$3"
+  cat > "$3/config.toml" <<TOML
+[server]
+listen = "127.0.0.1:$2"
+[database]
+url = "sqlite://$3/bench.db"
+[webhook]
+verify_token = "bench-verify-token"
+app_secrets = ["bench-app-secret"]
+[api]
+token = "bench-api-token"
+[graph]
+access_token = "bench-graph-token"
+waba_id = "1"
+TOML
+  RUST_LOG=warn "$1" serve --config "$3/config.toml" >"$3/server.log" 2>&1 &
+  echo $!
+}
+load() { # port seconds [extra loadgen flags]
+  "$LOADGEN" --url "http://127.0.0.1:$1" --secret bench-app-secret --connections "$CONNS" \
+    --duration "$2" --mix "$MIX" "${@:3}"
+}
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ok() { python3 -c "import json,sys; print(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])['ok'])" "$1"; }
+
+PA=$(start "$A" 18401 "$WORK/a")
+PB=$(start "$B" 18402 "$WORK/b")
+for port in 18401 18402; do
+  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+done
+load 18401 4 >/dev/null & load 18402 4 >/dev/null; wait
+CA=$(cpu "$PA"); CB=$(cpu "$PB")
+load 18401 "$SECS" --json >"$WORK/a/out" & load 18402 "$SECS" --json >"$WORK/b/out"; wait
+CA2=$(cpu "$PA"); CB2=$(cpu "$PB")
+python3 - "$(ok "$WORK/a/out")" "$(ok "$WORK/b/out")" "$CA" "$CA2" "$CB" "$CB2" "$SECS" "$(getconf CLK_TCK)" <<'PY'
+import sys
+oa, ob, ca, ca2, cb, cb2, secs, tck = map(float, sys.argv[1:])
+a = (ca2 - ca) / tck * 1e6 / oa
+b = (cb2 - cb) / tck * 1e6 / ob
+print(f"A {oa / secs:7.0f}/s {a:6.1f} µs/delivery   B {ob / secs:7.0f}/s {b:6.1f} µs/delivery   B÷A CPU {b / a:.3f}")
+PY
+kill -TERM "$PA" "$PB"
+wait "$PA" "$PB" 2>/dev/null || true
