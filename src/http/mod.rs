@@ -22,7 +22,7 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnResponse, OnResponse, TraceLayer};
 use tracing::Level;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -48,7 +48,7 @@ struct ApiDoc;
 /// The whole application: routes, state and layers. The OpenAPI document is built from the
 /// same routers, so it cannot drift from what is served.
 pub fn router(state: AppState) -> Router {
-    let (public, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (webhook, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(crate::webhook::router())
         .split_for_parts();
     let (probes, probes_doc) = OpenApiRouter::new()
@@ -72,8 +72,10 @@ pub fn router(state: AppState) -> Router {
     contract::refine(&mut doc);
     // Built once; only the conversion window (it moves with the clock) is set per request.
     let doc = std::sync::Arc::new(doc);
+    // Meta's deliveries arrive thousands a second: a 200's request line is DEBUG (they are
+    // counted in the metrics), anything else INFO.
+    let webhook = webhook.layer(trace(Level::INFO, Level::DEBUG));
     let served = Router::new()
-        .merge(public)
         .merge(v1)
         .route(
             "/openapi.json",
@@ -89,11 +91,12 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .fallback(error::fallback)
-        .layer(trace(Level::INFO));
+        .layer(trace(Level::INFO, Level::INFO));
     // Probes answer every few seconds: their request lines are DEBUG, not INFO.
-    let probes = probes.layer(trace(Level::DEBUG));
+    let probes = probes.layer(trace(Level::DEBUG, Level::DEBUG));
     Router::new()
         .merge(served)
+        .merge(webhook)
         .merge(probes)
         .layer(
             ServiceBuilder::new()
@@ -120,10 +123,12 @@ type Trace = TraceLayer<
     tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
     fn(&Request) -> tracing::Span,
     tower_http::trace::DefaultOnRequest,
-    DefaultOnResponse,
+    ResponseLine,
 >;
 
-fn trace(level: Level) -> Trace {
+/// Request tracing: the span and every response line at `level` (DEBUG or INFO), except a
+/// 2xx's line, which is at `ok`.
+fn trace(level: Level, ok: Level) -> Trace {
     let make_span: fn(&Request) -> tracing::Span = if level == Level::DEBUG {
         make_debug_span
     } else {
@@ -131,7 +136,29 @@ fn trace(level: Level) -> Trace {
     };
     TraceLayer::new_for_http()
         .make_span_with(make_span)
-        .on_response(DefaultOnResponse::new().level(level))
+        .on_response(ResponseLine { ok, other: level })
+}
+
+/// The "finished processing request" line: at `ok` for a 2xx and at `other` for any other
+/// status, so a refused delivery shows at the default level while the steady stream of
+/// acknowledged ones can be quieter.
+#[derive(Clone, Copy)]
+struct ResponseLine {
+    ok: Level,
+    other: Level,
+}
+
+impl<B> OnResponse<B> for ResponseLine {
+    fn on_response(self, response: &http::Response<B>, latency: Duration, span: &tracing::Span) {
+        let level = if response.status().is_success() {
+            self.ok
+        } else {
+            self.other
+        };
+        DefaultOnResponse::new()
+            .level(level)
+            .on_response(response, latency, span);
+    }
 }
 
 /// The request span: method, route and request id. The route is the template

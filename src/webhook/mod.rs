@@ -69,6 +69,9 @@ async fn challenge(State(state): State<AppState>, params: Params) -> Result<Resp
     if mode != "subscribe" || !token_ok {
         return Err(ApiError::forbidden("verification failed"));
     }
+    // Once per webhook registration: worth a line at the default level (the request line of
+    // a 200 on this route is DEBUG).
+    tracing::info!("answered Meta's subscription challenge");
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         challenge.to_owned(),

@@ -1,6 +1,6 @@
 //! `GET` and `POST /webhook`: the challenge, signatures, parsing and exactly-once storage.
 
-use ctwa_leads::webhook::verify::sign;
+use ctwa_leads::webhook::verify::{sign, SIGNATURE_HEADER};
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -670,6 +670,10 @@ async fn the_suite_log_capture_sees_the_service_so_its_secrecy_check_is_real() {
             "the capture missed the request log"
         );
         assert!(logs.contains("finished processing request"));
+        assert!(
+            logs.contains("INFO request{method=GET path=/webhook"),
+            "the challenge's own line"
+        );
     }
     // TestApp's drop then checks NEVER_LOGGED against everything captured.
 }
@@ -699,6 +703,41 @@ async fn health_probes_are_logged_at_debug_not_info() {
             assert!(!line.contains(" INFO "), "{line}");
         }
     }
+}
+
+#[tokio::test]
+async fn acknowledged_deliveries_are_logged_at_debug_refused_ones_at_info() {
+    let app = spawn_app().await;
+    let body = one_lead("wamid.line-level");
+    for (id, signature, status) in [
+        ("delivery-level-ok", sign(APP_SECRET, &body), 200),
+        ("delivery-level-refused", sign("not-the-secret", &body), 401),
+    ] {
+        let res = app
+            .client
+            .post(app.url("/webhook"))
+            .header("content-type", "application/json")
+            .header("x-request-id", id)
+            .header(SIGNATURE_HEADER, signature)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), status);
+    }
+    let Some(logs) = captured_logs() else { return };
+    let finished = |id: &str| -> Vec<String> {
+        logs.lines()
+            .filter(|l| l.contains(id) && l.contains("finished processing request"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let ok = finished("request_id=delivery-level-ok}");
+    assert_eq!(ok.len(), 1, "{ok:?}");
+    assert!(ok[0].contains("DEBUG"), "{}", ok[0]);
+    let refused = finished("request_id=delivery-level-refused}");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].contains(" INFO "), "{}", refused[0]);
 }
 
 #[tokio::test]
