@@ -7,7 +7,6 @@
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::Request;
 use axum::http::{header, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -216,13 +215,7 @@ fn kind_of(status: StatusCode) -> &'static str {
 /// Gives every error the envelope, whoever made it: axum's bare 405, a time-out's 408, an
 /// extractor's `text/plain` rejection. Its headers (`Allow`, `Retry-After`) are kept, and a
 /// short plain-text body becomes the message.
-///
-/// It also refuses a request target over [`MAX_URI_BYTES`] before any handler reads it.
-pub async fn envelope_every_error(request: Request, next: Next) -> Response {
-    if let Some(refused) = refuse_long_uri(&request) {
-        return refused;
-    }
-    let response = next.run(request).await;
+pub async fn envelope_every_error(response: Response) -> Response {
     let status = response.status();
     let is_json = response
         .headers()
@@ -260,7 +253,8 @@ pub async fn envelope_every_error(request: Request, next: Next) -> Response {
 /// with a bare 414 before any of our code runs.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
 
-fn refuse_long_uri(request: &Request) -> Option<Response> {
+/// A 414 for a request target over [`MAX_URI_BYTES`], before any handler reads it.
+pub fn refuse_long_uri(request: &Request) -> Option<Response> {
     let len = request
         .uri()
         .path_and_query()

@@ -100,14 +100,11 @@ pub fn router(state: AppState) -> Router {
         .merge(probes)
         .layer(
             ServiceBuilder::new()
-                // Each `from_fn` layer boxes and clones the service stack per request, so
-                // the small checks ride in these two rather than in layers of their own.
-                .layer(middleware::from_fn(record_metrics))
+                // A `from_fn` layer boxes and clones the service stack per request, so the
+                // small per-request steps share one.
+                .layer(middleware::from_fn(front))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                // Whatever produced an error (axum's 405, a rejection, the time-out), the
-                // client gets the envelope.
-                .layer(middleware::from_fn(error::envelope_every_error))
                 .layer(CatchPanicLayer::custom(on_panic))
                 // A deadline for reading the body and answering (a streamed export's body is
                 // not held to it). A client that trickles its body gets 408.
@@ -179,15 +176,33 @@ fn route_of(req: &Request) -> &str {
         .map_or("(unmatched)", |p| p.as_str())
 }
 
-/// Counts every request by route template (never the raw path, which would make a series per
-/// lead id), method and status, with its latency.
-/// Unsafe caller request ids are dropped here too, before the id layer runs.
-async fn record_metrics(mut request: Request, next: middleware::Next) -> Response {
+/// The outermost step of every request, in one layer:
+/// - drops an unsafe caller request id before the id layer runs;
+/// - refuses a request target over `error::MAX_URI_BYTES` (414) before anything reads it;
+/// - gives every error the envelope, whoever made it (axum's 405, a rejection, the time-out);
+/// - counts the request by route template (never the raw path, which would make a series per
+///   lead id), method and status, with its latency.
+async fn front(mut request: Request, next: middleware::Next) -> Response {
     request_id::keep_only_safe_ids(&mut request);
     let started = std::time::Instant::now();
     let route = route_of(&request).to_owned();
     let method = request.method().clone();
-    let response = next.run(request).await;
+    let response = match error::refuse_long_uri(&request) {
+        // Refused before the id layer: the caller's id, or a fresh one, is set here.
+        Some(mut refused) => {
+            let id = request
+                .headers()
+                .get(&REQUEST_ID)
+                .cloned()
+                .unwrap_or_else(|| {
+                    axum::http::HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                        .unwrap_or(axum::http::HeaderValue::from_static("-"))
+                });
+            refused.headers_mut().insert(REQUEST_ID, id);
+            refused
+        }
+        None => error::envelope_every_error(next.run(request).await).await,
+    };
     crate::monitor::http_request(
         &route,
         method.as_str(),

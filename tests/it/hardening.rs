@@ -330,6 +330,8 @@ async fn every_error_carries_the_envelope() {
         let res = req.send().await.unwrap();
         let url = res.url().to_string();
         assert_eq!(res.status(), status, "{url}");
+        // Even an error refused before the id layer (the 414) carries a request id.
+        assert!(res.headers().contains_key("x-request-id"), "{url}");
         let ct = res
             .headers()
             .get("content-type")
