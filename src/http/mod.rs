@@ -20,7 +20,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, OnResponse, TraceLayer};
 use tracing::Level;
@@ -188,17 +190,16 @@ async fn front(mut request: Request, next: middleware::Next) -> Response {
     let route = route_of(&request).to_owned();
     let method = request.method().clone();
     let response = match error::refuse_long_uri(&request) {
-        // Refused before the id layer: the caller's id, or a fresh one, is set here.
+        // Refused before the id layer: the caller's id, or one from the same generator.
         Some(mut refused) => {
-            let id = request
-                .headers()
-                .get(&REQUEST_ID)
-                .cloned()
-                .unwrap_or_else(|| {
-                    axum::http::HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
-                        .unwrap_or(axum::http::HeaderValue::from_static("-"))
-                });
-            refused.headers_mut().insert(REQUEST_ID, id);
+            let id = request.headers().get(&REQUEST_ID).cloned().or_else(|| {
+                MakeRequestUuid
+                    .make_request_id(&request)
+                    .map(RequestId::into_header_value)
+            });
+            if let Some(id) = id {
+                refused.headers_mut().insert(REQUEST_ID, id);
+            }
             refused
         }
         None => error::envelope_every_error(next.run(request).await).await,
