@@ -1,7 +1,7 @@
 //! The delivery log: its own SQLite file, written only by the ingest writer and read by the
 //! projector. A verified delivery is acknowledged once its log entry is durable; leads are built
 //! from the log behind it. An entry is one row in a table with no secondary index: the body
-//! compressed with zstd (level 1), its parse status, what kind of delivery it was, and how many
+//! compressed (see [`super::codec`]), its parse status, what kind of delivery it was, and how many
 //! leads it holds. [`Progress`] carries the watermarks the writer and the projector publish to
 //! each other and to `/readyz`.
 
@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
+use super::codec;
+pub use super::codec::{unpack, Unpacker};
 use super::packed::PackedLead;
 
 use crate::leads::detected::NewDetected;
@@ -24,7 +26,7 @@ const SCHEMA: &[&str] = &["CREATE TABLE IF NOT EXISTS log (
         status      INTEGER NOT NULL,   -- 0 parsed, 1 partial, 2 invalid
         kind        INTEGER NOT NULL,   -- 0 leads, 1 messages, 2 statuses only, 3 other
         lead_count  INTEGER NOT NULL,
-        codec       INTEGER NOT NULL,   -- 0 raw, 1 zstd
+        codec       INTEGER NOT NULL,   -- see store::codec: 0 raw, 1 zstd, 2 zstd + META_V1
         body        BLOB    NOT NULL
     )"];
 
@@ -98,9 +100,6 @@ pub struct LogRecord {
     pub detected: Vec<NewDetected>,
 }
 
-/// zstd level 1: about 4× on Meta's JSON at a few microseconds per delivery.
-const ZSTD_LEVEL: i32 = 1;
-
 impl LogRecord {
     pub fn new(
         received_at_ms: i64,
@@ -109,19 +108,7 @@ impl LogRecord {
         lead_count: usize,
         raw: &[u8],
     ) -> Self {
-        // A compression context is costly to make (its tables): one per thread, reused.
-        thread_local! {
-            static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
-                std::cell::RefCell::new(zstd::bulk::Compressor::new(ZSTD_LEVEL).ok());
-        }
-        let packed = COMPRESSOR.with(|c| match c.borrow_mut().as_mut() {
-            Some(c) => c.compress(raw).ok(),
-            None => zstd::bulk::compress(raw, ZSTD_LEVEL).ok(),
-        });
-        let (codec, body) = match packed {
-            Some(packed) if packed.len() < raw.len() => (1, packed),
-            _ => (0, raw.to_vec()),
-        };
+        let (codec, body) = codec::pack(raw);
         Self {
             received_at_ms,
             status,
@@ -175,45 +162,6 @@ const HANDOFF_MAX_LEADS: usize = 8192;
 struct Handoff {
     entries: std::collections::VecDeque<Handed>,
     leads: usize,
-}
-
-/// Largest body a log entry may unpack to. Bodies are at most `max_body_bytes` (3 MB by
-/// default); the bound only guards against a corrupt frame header.
-const MAX_UNPACKED: usize = 64 * 1024 * 1024;
-
-/// A stored body, as it was received.
-pub fn unpack(codec: i64, body: Vec<u8>) -> std::io::Result<Vec<u8>> {
-    Unpacker::new().unpack(codec, body)
-}
-
-/// Unpacks many bodies with one decompression context (the projector's).
-pub struct Unpacker(Option<zstd::bulk::Decompressor<'static>>);
-
-impl Unpacker {
-    pub fn new() -> Self {
-        Self(zstd::bulk::Decompressor::new().ok())
-    }
-
-    pub fn unpack(&mut self, codec: i64, body: Vec<u8>) -> std::io::Result<Vec<u8>> {
-        match (codec, self.0.as_mut()) {
-            (0, _) => Ok(body),
-            (1, Some(d)) => {
-                let size = zstd::zstd_safe::get_frame_content_size(&body)
-                    .ok()
-                    .flatten()
-                    .map_or(MAX_UNPACKED, |n| (n as usize).min(MAX_UNPACKED));
-                d.decompress(&body, size)
-            }
-            (1, None) => zstd::bulk::decompress(&body, MAX_UNPACKED),
-            (other, _) => Err(std::io::Error::other(format!("unknown codec {other}"))),
-        }
-    }
-}
-
-impl Default for Unpacker {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 /// Appends `record` as entry `id` in the caller's transaction; an id already taken is an error
@@ -423,19 +371,6 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bodies_round_trip_through_the_codec() {
-        let raw = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[]}]}"#
-            .repeat(20);
-        let record = LogRecord::new(1, ParseStatus::Parsed, Kind::Other, 0, &raw);
-        assert_eq!(record.codec, 1);
-        assert!(record.body.len() < raw.len() / 4);
-        assert_eq!(unpack(record.codec, record.body).unwrap(), raw);
-        // Incompressible input is stored as it is.
-        let tiny = LogRecord::new(1, ParseStatus::Invalid, Kind::Other, 0, b"x");
-        assert_eq!((tiny.codec, tiny.body.as_slice()), (0, &b"x"[..]));
-    }
 
     /// An entry holding `n` leads.
     fn batch(id: i64, n: usize) -> Handed {

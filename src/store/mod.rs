@@ -9,6 +9,7 @@
 //! left by earlier versions into the log, and starts the writer, the projector and the
 //! background upkeep (checkpoints, retention).
 
+pub mod codec;
 pub mod conversions;
 pub mod erasure;
 pub mod leads;
