@@ -3,7 +3,8 @@
 # each on fresh files and under its own load generator (production-shaped --mix real by
 # default), so this machine's drift from hour to hour hits both alike. It prints each
 # server's acknowledged deliveries/s and CPU time (user + system, all threads) per acknowledged
-# delivery over the measured seconds, and B's CPU per delivery as a ratio of A's. Run it
+# delivery and KB written per acknowledged delivery (/proc/PID/io write_bytes) over the measured
+# seconds, and B's CPU and bytes per delivery as ratios of A's. Run it
 # several times and swap A and B: one pair differs by up to ±8% when A and B are the same
 # build. It compares our builds with each other, so there is no peer; bench/run.sh has the
 # peer ratios.
@@ -53,6 +54,7 @@ load() { # port seconds [extra loadgen flags]
     --duration "$2" --mix "$MIX" "${@:3}"
 }
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+written() { awk '/^write_bytes/ {print $2}' "/proc/$1/io"; }
 ok() { python3 -c "import json,sys; print(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])['ok'])" "$1"; }
 
 PA=$(start "$A" 18401 "$WORK/a")
@@ -61,15 +63,19 @@ for port in 18401 18402; do
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 done
 load 18401 4 >/dev/null & load 18402 4 >/dev/null; wait
-CA=$(cpu "$PA"); CB=$(cpu "$PB")
+CA=$(cpu "$PA"); CB=$(cpu "$PB"); WA=$(written "$PA"); WB=$(written "$PB")
 load 18401 "$SECS" --json >"$WORK/a/out" & load 18402 "$SECS" --json >"$WORK/b/out"; wait
-CA2=$(cpu "$PA"); CB2=$(cpu "$PB")
-python3 - "$(ok "$WORK/a/out")" "$(ok "$WORK/b/out")" "$CA" "$CA2" "$CB" "$CB2" "$SECS" "$(getconf CLK_TCK)" <<'PY'
+CA2=$(cpu "$PA"); CB2=$(cpu "$PB"); WA2=$(written "$PA"); WB2=$(written "$PB")
+python3 - "$(ok "$WORK/a/out")" "$(ok "$WORK/b/out")" "$CA" "$CA2" "$CB" "$CB2" "$SECS" "$(getconf CLK_TCK)" \
+  "$WA" "$WA2" "$WB" "$WB2" <<'PY'
 import sys
-oa, ob, ca, ca2, cb, cb2, secs, tck = map(float, sys.argv[1:])
+oa, ob, ca, ca2, cb, cb2, secs, tck, wa, wa2, wb, wb2 = map(float, sys.argv[1:])
 a = (ca2 - ca) / tck * 1e6 / oa
 b = (cb2 - cb) / tck * 1e6 / ob
-print(f"A {oa / secs:7.0f}/s {a:6.1f} µs/delivery   B {ob / secs:7.0f}/s {b:6.1f} µs/delivery   B÷A CPU {b / a:.3f}")
+ka = (wa2 - wa) / 1024 / oa
+kb = (wb2 - wb) / 1024 / ob
+print(f"A {oa / secs:7.0f}/s {a:6.1f} µs {ka:5.2f} KB/delivery   "
+      f"B {ob / secs:7.0f}/s {b:6.1f} µs {kb:5.2f} KB/delivery   B÷A CPU {b / a:.3f} KB {kb / ka:.3f}")
 PY
 kill -TERM "$PA" "$PB"
 wait "$PA" "$PB" 2>/dev/null || true
