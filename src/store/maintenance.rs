@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::log::{status_code, status_from_code, unpack, Kind, LogRecord, Progress};
 use super::projector::{insert_leads, set_watermark};
+use super::seen::Seen;
 use super::writer::open_connection;
 use super::StoreError;
 use crate::config::{DatabaseSettings, Durability};
@@ -61,6 +62,7 @@ fn reextract_blocking(
 ) -> rusqlite::Result<ReextractReport> {
     let mut report = ReextractReport::default();
     let mut after_id = 0_i64;
+    let mut seen = Seen::load(leads)?;
     loop {
         let rows: Vec<(i64, i64, i64, i64, Vec<u8>)> = log
             .prepare_cached(
@@ -82,7 +84,10 @@ fn reextract_blocking(
             .collect::<rusqlite::Result<_>>()?;
         let Some(last) = rows.last() else { break };
         after_id = last.0;
-        let tx = leads.transaction()?;
+        // Immediate: the wamids are checked and inserted under the write lock, so a running
+        // server's projector cannot store one of them in between.
+        let tx = leads.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        seen.refresh(&tx)?;
         let mut restatus = Vec::new();
         for (id, received_at, status, codec, body) in rows {
             let raw = match unpack(codec, body) {
@@ -97,7 +102,7 @@ fn reextract_blocking(
                 .leads
                 .iter()
                 .map(|lead| (id, received_at, lead.into()));
-            report.new_leads += insert_leads(&tx, rows, routes)?.leads;
+            report.new_leads += insert_leads(&tx, rows, routes, &mut seen)?.leads;
             super::conversions::insert_detected(&tx, &extracted.detected, received_at)?;
             if status_from_code(status) != extracted.status {
                 let count = extracted.leads.len() + extracted.detected.len();

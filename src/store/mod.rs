@@ -18,6 +18,7 @@ pub mod maintenance;
 pub mod outbox;
 pub mod packed;
 pub mod projector;
+mod seen;
 pub mod writer;
 
 use std::path::{Path, PathBuf};

@@ -16,6 +16,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use super::log::{Progress, Unpacker, ROUND_LEADS};
 use super::outbox::{enqueue, Routes, Wake};
 use super::packed::{LeadView, PackedLead, FIELD_COLUMNS};
+use super::seen::Seen;
 use super::writer::open_connection;
 use crate::config::Durability;
 use crate::leads::detected::NewDetected;
@@ -42,33 +43,39 @@ pub(super) struct Inserted {
     pub deliveries: u64,
 }
 
-/// Inserts `(event_id, received_at_ms, lead)` rows, skipping wamids already stored, and
-/// enqueues each new lead for its destinations (`routes`). Runs inside the caller's
-/// transaction, so a lead and its deliveries commit together or not at all.
+/// Inserts `(event_id, received_at_ms, lead)` rows, skipping wamids already stored (`seen`
+/// says which, and learns the new ones), and enqueues each new lead for its destinations
+/// (`routes`). Runs inside the caller's transaction, so a lead and its deliveries commit
+/// together or not at all.
 pub(super) fn insert_leads<'a>(
     conn: &Connection,
     leads: impl IntoIterator<Item = (i64, i64, LeadView<'a>)>,
     routes: &Routes,
+    seen: &mut Seen,
 ) -> rusqlite::Result<Inserted> {
     let now_ms = chrono::Utc::now().timestamp_millis();
     static INSERT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let sql = INSERT.get_or_init(|| {
         let marks = vec!["?"; FIELD_COLUMNS.len() + 3].join(", ");
         format!(
-            "INSERT INTO leads ({}, event_id, received_at, timestamp) VALUES ({marks}) \
-             ON CONFLICT (wamid) DO NOTHING",
+            "INSERT INTO leads ({}, event_id, received_at, timestamp) VALUES ({marks})",
             FIELD_COLUMNS.join(", ")
         )
     });
     let mut insert = conn.prepare_cached(sql)?;
     let mut inserted = Inserted::default();
     for (event_id, received_at, lead) in leads {
+        if seen.is_stored(conn, lead.wamid())? {
+            continue;
+        }
         let text = lead.fields.iter().map(|f| f as &dyn rusqlite::ToSql);
         let rest: [&dyn rusqlite::ToSql; 3] = [&event_id, &received_at, &lead.timestamp];
-        let new = insert.execute(rusqlite::params_from_iter(text.chain(rest)))? as u64;
-        inserted.leads += new;
-        if new == 1 && !routes.is_empty() {
-            inserted.deliveries += enqueue(conn, conn.last_insert_rowid(), &lead, routes, now_ms)?;
+        insert.execute(rusqlite::params_from_iter(text.chain(rest)))?;
+        let id = conn.last_insert_rowid();
+        seen.add(id, lead.wamid());
+        inserted.leads += 1;
+        if !routes.is_empty() {
+            inserted.deliveries += enqueue(conn, id, &lead, routes, now_ms)?;
         }
     }
     Ok(inserted)
@@ -104,20 +111,22 @@ struct Tally {
 }
 
 impl Tally {
-    /// Inserts one log entry's leads and detected events in the round's transaction.
+    /// Inserts one log entry's (`(id, received_at)`) leads and detected events in the round's
+    /// transaction.
     fn apply(
         &mut self,
         tx: &Connection,
-        id: i64,
-        received_at: i64,
+        (id, received_at): (i64, i64),
         leads: &[LeadView<'_>],
         detected: &[NewDetected],
         routes: &Routes,
+        seen: &mut Seen,
     ) -> rusqlite::Result<()> {
         let new = insert_leads(
             tx,
             leads.iter().map(|lead| (id, received_at, *lead)),
             routes,
+            seen,
         )?;
         if !detected.is_empty() {
             super::conversions::insert_detected(tx, detected, received_at)?;
@@ -147,6 +156,8 @@ pub(super) struct Projector {
     routes: Routes,
     wake: Wake,
     turns: super::Turns,
+    /// The stored wamids; `None` until loaded, and again after a failed round.
+    seen: Option<Seen>,
 }
 
 impl Projector {
@@ -176,6 +187,7 @@ impl Projector {
             routes: Routes::default(),
             wake: Wake::default(),
             turns: super::Turns::default(),
+            seen: None,
         })
     }
 
@@ -312,16 +324,16 @@ impl Projector {
                     .oldest_unprojected_ms
                     .store(first.received_at, Ordering::Release);
             }
-            return self.round(progress, |_, tx, routes, tally| {
+            return self.round(progress, |_, tx, routes, seen, tally| {
                 for entry in &handed {
                     let leads: Vec<LeadView> = entry.leads.iter().map(PackedLead::view).collect();
                     tally.apply(
                         tx,
-                        entry.id,
-                        entry.received_at,
+                        (entry.id, entry.received_at),
                         &leads,
                         &entry.detected,
                         routes,
+                        seen,
                     )?;
                 }
                 Ok(last)
@@ -329,7 +341,7 @@ impl Projector {
         }
         // Otherwise read the log back, one entry at a time inside the transaction: only one
         // entry's body and leads are in memory at once, however far behind the projection is.
-        self.round(progress, |log, tx, routes, tally| {
+        self.round(progress, |log, tx, routes, seen, tally| {
             let mut stmt = log.prepare_cached(
                 "SELECT id, received_at, codec, lead_count, CASE WHEN lead_count > 0 THEN body END \
                  FROM log WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
@@ -367,7 +379,7 @@ impl Projector {
                     },
                 };
                 let views: Vec<LeadView> = leads.iter().map(LeadView::from).collect();
-                tally.apply(tx, id, received_at, &views, &detected, routes)?;
+                tally.apply(tx, (id, received_at), &views, &detected, routes, seen)?;
                 last = Some(id);
             }
             // Everything up to `last` is done; ids past it up to `durable` that hold nothing (a
@@ -386,7 +398,13 @@ impl Projector {
     fn round(
         &mut self,
         progress: &Progress,
-        fill: impl FnOnce(&Connection, &Connection, &Routes, &mut Tally) -> rusqlite::Result<i64>,
+        fill: impl FnOnce(
+            &Connection,
+            &Connection,
+            &Routes,
+            &mut Seen,
+            &mut Tally,
+        ) -> rusqlite::Result<i64>,
     ) -> rusqlite::Result<usize> {
         let started = Instant::now();
         let routes = std::mem::take(&mut self.routes);
@@ -411,14 +429,40 @@ impl Projector {
     fn commit(
         &mut self,
         routes: &Routes,
-        fill: impl FnOnce(&Connection, &Connection, &Routes, &mut Tally) -> rusqlite::Result<i64>,
+        fill: impl FnOnce(
+            &Connection,
+            &Connection,
+            &Routes,
+            &mut Seen,
+            &mut Tally,
+        ) -> rusqlite::Result<i64>,
     ) -> rusqlite::Result<(Tally, i64)> {
+        // Taken out for the round and put back only once it committed: after a failure the
+        // filter may hold wamids the rollback removed, or miss what another writer added
+        // meanwhile, so it is loaded afresh.
+        let seen = self.seen.take();
         let (log, leads) = self.connections()?;
         let tx = leads.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut seen = match seen {
+            Some(mut seen) => {
+                seen.refresh(&tx)?;
+                seen
+            }
+            None => {
+                let started = Instant::now();
+                let seen = Seen::load(&tx)?;
+                tracing::debug!(
+                    micros = started.elapsed().as_micros() as u64,
+                    "loaded the stored wamids"
+                );
+                seen
+            }
+        };
         let mut tally = Tally::default();
-        let mark = fill(log, &tx, routes, &mut tally)?;
+        let mark = fill(log, &tx, routes, &mut seen, &mut tally)?;
         set_watermark(&tx, mark)?;
         tx.commit()?;
+        self.seen = Some(seen);
         Ok((tally, mark))
     }
 

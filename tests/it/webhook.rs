@@ -438,6 +438,30 @@ async fn a_restart_keeps_the_leads() {
     assert_eq!(app.deliver(&one_lead("wamid.after")).await.status(), 200);
     assert_eq!(app.lead_count().await, 2);
     assert_eq!(app.event_count().await, 2);
+    // A re-delivery of a lead stored before the restart is still a duplicate: what the
+    // projector knows of the stored wamids is read back from the file.
+    assert_eq!(app.deliver(&one_lead("wamid.persist")).await.status(), 200);
+    assert_eq!(app.lead_count().await, 2);
+}
+
+#[tokio::test]
+async fn a_lead_another_writer_stored_is_not_stored_twice() {
+    let app = spawn_app().await;
+    assert_eq!(app.deliver(&one_lead("wamid.first")).await.status(), 200);
+    // As an offline `reextract` would, while the server runs: a lead the projector never saw.
+    let pool = app.outside_pool().await;
+    sqlx::query(
+        "INSERT INTO leads (wamid, event_id, received_at) \
+         SELECT 'wamid.behind', event_id, received_at FROM leads",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(app.lead_count().await, 2);
+    assert_eq!(app.deliver(&one_lead("wamid.behind")).await.status(), 200);
+    assert_eq!(app.lead_count().await, 2, "the re-delivery is a duplicate");
+    assert_eq!(app.deliver(&one_lead("wamid.new")).await.status(), 200);
+    assert_eq!(app.lead_count().await, 3);
 }
 
 #[tokio::test]

@@ -1,0 +1,216 @@
+//! Which wamids are stored, for deduplication without a random-keyed index. The leads table
+//! indexes `wamid` only behind the lead's id range (`leads_wamid_by_range`, migration 0009), so
+//! an insert lands in the newest range's leaves instead of a random leaf of a wamid-ordered
+//! index; the price is that an exact look-up must search every range. [`Seen`] spares almost
+//! every new lead that search: a Bloom filter over every stored wamid answers "certainly new"
+//! for all but about 1% of new wamids, and only a "maybe" (a re-delivery, or a false positive)
+//! searches the index. It never answers "new" for a stored wamid, so deduplication stays exact:
+//! the filter is loaded from the file before the projector's first round, every insert is
+//! added to it, leads another writer inserted (an offline `reextract`) are read in at the start
+//! of each round by id, and after a failed round it is loaded again.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+
+use rusqlite::{params, Connection};
+
+/// Filter bits per wamid it is sized for: ~1% false positives with [`HASHES`] probes.
+const BITS_PER_KEY: usize = 10;
+const HASHES: u64 = 7;
+/// Wamids a new filter has room for at least (2 MiB of bits).
+const MIN_CAPACITY: usize = 1 << 20;
+
+/// A Bloom filter of the stored wamids, and the highest lead id it covers.
+pub(super) struct Seen {
+    bits: Vec<u64>,
+    /// Number of bits − 1 (a power of two).
+    mask: u64,
+    capacity: usize,
+    len: usize,
+    hasher: RandomState,
+    /// Every lead with an id up to this one is in the filter.
+    covered: i64,
+    /// Maybes that the index search found stored, and that it did not (false positives).
+    pub(super) confirmed: u64,
+    pub(super) cleared: u64,
+}
+
+impl Seen {
+    fn with_capacity(capacity: usize) -> Self {
+        let capacity = capacity.max(MIN_CAPACITY);
+        let bits = (capacity * BITS_PER_KEY).next_power_of_two();
+        Self {
+            bits: vec![0; bits / 64],
+            mask: bits as u64 - 1,
+            capacity,
+            len: 0,
+            hasher: RandomState::new(),
+            covered: 0,
+            confirmed: 0,
+            cleared: 0,
+        }
+    }
+
+    /// Reads every stored wamid (the index alone, in id-range order), with room for as many
+    /// again before [`Seen::refresh`] rebuilds it larger.
+    pub(super) fn load(conn: &Connection) -> rusqlite::Result<Self> {
+        let count: i64 = conn.query_row("SELECT count(*) FROM leads", [], |r| r.get(0))?;
+        let mut seen = Self::with_capacity(count.max(0) as usize * 2);
+        seen.read_from(conn, 0)?;
+        Ok(seen)
+    }
+
+    /// Adds the wamids of leads with ids above `after`.
+    fn read_from(&mut self, conn: &Connection, after: i64) -> rusqlite::Result<()> {
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, wamid FROM leads INDEXED BY leads_wamid_by_range WHERE id > ?1",
+        )?;
+        let mut rows = stmt.query(params![after])?;
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            let wamid = row.get_ref(1)?.as_str()?;
+            self.add(id, wamid);
+        }
+        Ok(())
+    }
+
+    /// At the start of a round, inside its transaction: takes in leads that another writer of
+    /// the file inserted since (ids are assigned above the largest), and rebuilds a filter
+    /// that holds more wamids than it was sized for.
+    pub(super) fn refresh(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        if self.len > self.capacity {
+            *self = Self::load(conn)?;
+            return Ok(());
+        }
+        let max: Option<i64> = conn
+            .prepare_cached("SELECT max(id) FROM leads")?
+            .query_row([], |r| r.get(0))?;
+        if max.unwrap_or(0) > self.covered {
+            self.read_from(conn, self.covered)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `wamid` is stored, in the transaction `conn`: the filter first, the index only
+    /// when the filter cannot tell.
+    pub(super) fn is_stored(&mut self, conn: &Connection, wamid: &str) -> rusqlite::Result<bool> {
+        if !self.may_hold(wamid) {
+            return Ok(false);
+        }
+        let found = conn
+            .prepare_cached(super::leads::WAMID_STORED)?
+            .query_row(params![wamid], |_| Ok(()))
+            .map(|()| true)
+            .or_else(|err| match err {
+                rusqlite::Error::QueryReturnedNoRows => Ok(false),
+                err => Err(err),
+            })?;
+        if found {
+            self.confirmed += 1;
+        } else {
+            self.cleared += 1;
+        }
+        Ok(found)
+    }
+
+    /// Records that the lead `id` with `wamid` is stored.
+    pub(super) fn add(&mut self, id: i64, wamid: &str) {
+        let (mut h, step) = self.probes(wamid);
+        for _ in 0..HASHES {
+            let bit = h & self.mask;
+            self.bits[(bit / 64) as usize] |= 1 << (bit % 64);
+            h = h.wrapping_add(step);
+        }
+        self.len += 1;
+        self.covered = self.covered.max(id);
+    }
+
+    fn may_hold(&self, wamid: &str) -> bool {
+        let (mut h, step) = self.probes(wamid);
+        for _ in 0..HASHES {
+            let bit = h & self.mask;
+            if self.bits[(bit / 64) as usize] & (1 << (bit % 64)) == 0 {
+                return false;
+            }
+            h = h.wrapping_add(step);
+        }
+        true
+    }
+
+    /// The first probe and the odd step between probes (double hashing), from one SipHash of
+    /// the wamid under this process's random key.
+    fn probes(&self, wamid: &str) -> (u64, u64) {
+        let h = self.hasher.hash_one(wamid.as_bytes());
+        // splitmix64's finaliser: a second, independent-looking word from the first.
+        let mut z = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (h, (z ^ (z >> 31)) | 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leads_table() -> Connection {
+        let conn = Connection::open_in_memory().expect("memory");
+        conn.execute_batch(
+            "CREATE TABLE leads (id INTEGER PRIMARY KEY, wamid TEXT NOT NULL);
+             CREATE INDEX leads_wamid_by_range ON leads (id >> 14, wamid);",
+        )
+        .expect("schema");
+        conn
+    }
+
+    fn insert(conn: &Connection, id: i64, wamid: &str) {
+        conn.execute(
+            "INSERT INTO leads (id, wamid) VALUES (?1, ?2)",
+            params![id, wamid],
+        )
+        .expect("insert");
+    }
+
+    #[test]
+    fn a_stored_wamid_is_never_reported_new_and_few_new_ones_search_the_index() {
+        let conn = leads_table();
+        // Ids across several id ranges, so the search must look in more than the newest.
+        for i in 0..5_000_i64 {
+            insert(&conn, 1 + i * 17, &format!("wamid.stored{i}"));
+        }
+        let mut seen = Seen::load(&conn).expect("load");
+        for i in 0..5_000 {
+            assert!(seen
+                .is_stored(&conn, &format!("wamid.stored{i}"))
+                .expect("check"));
+        }
+        assert_eq!(seen.confirmed, 5_000);
+        let mut new = 0;
+        for i in 0..20_000 {
+            new += usize::from(
+                !seen
+                    .is_stored(&conn, &format!("wamid.new{i}"))
+                    .expect("check"),
+            );
+        }
+        assert_eq!(new, 20_000, "a wamid that is not stored is new");
+        // ~1% false positives by design; far more would mean the filter is broken.
+        assert!(seen.cleared < 400, "{} of 20,000 searched", seen.cleared);
+    }
+
+    #[test]
+    fn leads_another_writer_inserted_are_taken_in_and_an_overfull_filter_is_rebuilt() {
+        let conn = leads_table();
+        insert(&conn, 1, "wamid.a");
+        let mut seen = Seen::load(&conn).expect("load");
+        insert(&conn, 2, "wamid.b"); // by someone else: not added to the filter
+        seen.refresh(&conn).expect("refresh");
+        assert!(seen.may_hold("wamid.b"), "taken in by id");
+        assert!(seen.is_stored(&conn, "wamid.b").expect("check"));
+
+        seen.len = seen.capacity + 1;
+        seen.refresh(&conn).expect("rebuild");
+        assert_eq!(seen.len, 2, "rebuilt from the file");
+        assert!(seen.may_hold("wamid.a") && seen.may_hold("wamid.b"));
+    }
+}
