@@ -16,15 +16,22 @@ use rusqlite::{params, Connection};
 
 /// Filter bits per wamid it is sized for: ~1% false positives with [`HASHES`] probes.
 const BITS_PER_KEY: usize = 10;
-const HASHES: u64 = 7;
-/// Wamids a new filter has room for at least (2 MiB of bits).
+const HASHES: u32 = 7;
+/// Wamids a new filter has room for at least (1.25 MiB of bits).
 const MIN_CAPACITY: usize = 1 << 20;
+/// Room a loaded filter leaves for new wamids, as a share of those stored: when it is used
+/// up, the filter is read again, larger.
+const HEADROOM: f64 = 0.5;
+
+/// One cache line of bits: every probe of a wamid falls in the same block (a blocked Bloom
+/// filter), so a check costs one memory access, not seven.
+#[derive(Clone, Copy)]
+#[repr(align(64))]
+struct Block([u64; 8]);
 
 /// A Bloom filter of the stored wamids, and the highest lead id it covers.
 pub(super) struct Seen {
-    bits: Vec<u64>,
-    /// Number of bits − 1 (a power of two).
-    mask: u64,
+    blocks: Vec<Block>,
     capacity: usize,
     len: usize,
     hasher: RandomState,
@@ -38,10 +45,9 @@ pub(super) struct Seen {
 impl Seen {
     fn with_capacity(capacity: usize) -> Self {
         let capacity = capacity.max(MIN_CAPACITY);
-        let bits = (capacity * BITS_PER_KEY).next_power_of_two();
+        let blocks = (capacity * BITS_PER_KEY).div_ceil(512);
         Self {
-            bits: vec![0; bits / 64],
-            mask: bits as u64 - 1,
+            blocks: vec![Block([0; 8]); blocks],
             capacity,
             len: 0,
             hasher: RandomState::new(),
@@ -55,7 +61,7 @@ impl Seen {
     /// again before [`Seen::refresh`] rebuilds it larger.
     pub(super) fn load(conn: &Connection) -> rusqlite::Result<Self> {
         let count: i64 = conn.query_row("SELECT count(*) FROM leads", [], |r| r.get(0))?;
-        let mut seen = Self::with_capacity(count.max(0) as usize * 2);
+        let mut seen = Self::with_capacity((count.max(0) as f64 * (1.0 + HEADROOM)) as usize);
         seen.read_from(conn, 0)?;
         Ok(seen)
     }
@@ -115,37 +121,35 @@ impl Seen {
 
     /// Records that the lead `id` with `wamid` is stored.
     pub(super) fn add(&mut self, id: i64, wamid: &str) {
-        let (mut h, step) = self.probes(wamid);
-        for _ in 0..HASHES {
-            let bit = h & self.mask;
-            self.bits[(bit / 64) as usize] |= 1 << (bit % 64);
-            h = h.wrapping_add(step);
+        let (block, bits) = self.probes(wamid);
+        let words = &mut self.blocks[block].0;
+        for i in 0..HASHES {
+            let bit = (bits >> (9 * i)) & 511;
+            words[(bit / 64) as usize] |= 1 << (bit % 64);
         }
         self.len += 1;
         self.covered = self.covered.max(id);
     }
 
     fn may_hold(&self, wamid: &str) -> bool {
-        let (mut h, step) = self.probes(wamid);
-        for _ in 0..HASHES {
-            let bit = h & self.mask;
-            if self.bits[(bit / 64) as usize] & (1 << (bit % 64)) == 0 {
-                return false;
-            }
-            h = h.wrapping_add(step);
-        }
-        true
+        let (block, bits) = self.probes(wamid);
+        let words = &self.blocks[block].0;
+        (0..HASHES).all(|i| {
+            let bit = (bits >> (9 * i)) & 511;
+            words[(bit / 64) as usize] & (1 << (bit % 64)) != 0
+        })
     }
 
-    /// The first probe and the odd step between probes (double hashing), from one SipHash of
-    /// the wamid under this process's random key.
-    fn probes(&self, wamid: &str) -> (u64, u64) {
+    /// The block (from one SipHash of the wamid under this process's random key, mapped onto
+    /// the blocks by multiplication) and a second word whose 9-bit groups pick the bits in it.
+    fn probes(&self, wamid: &str) -> (usize, u64) {
         let h = self.hasher.hash_one(wamid.as_bytes());
+        let block = ((u128::from(h) * self.blocks.len() as u128) >> 64) as usize;
         // splitmix64's finaliser: a second, independent-looking word from the first.
         let mut z = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (h, (z ^ (z >> 31)) | 1)
+        (block, z ^ (z >> 31))
     }
 }
 
