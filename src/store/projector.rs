@@ -141,6 +141,18 @@ impl Tally {
     }
 }
 
+/// What a round runs inside its transaction: given the log, the transaction, the routes, the
+/// stored wamids and the tally, it inserts the round's leads and returns the watermark reached.
+trait Fill:
+    FnOnce(&Connection, &Connection, &Routes, &mut Seen, &mut Tally) -> rusqlite::Result<i64>
+{
+}
+
+impl<F> Fill for F where
+    F: FnOnce(&Connection, &Connection, &Routes, &mut Seen, &mut Tally) -> rusqlite::Result<i64>
+{
+}
+
 pub(super) struct Projector {
     log_path: PathBuf,
     leads_path: PathBuf,
@@ -395,17 +407,7 @@ impl Projector {
     /// returns the watermark it reached, which is recorded in the same transaction and then
     /// published. Returns how many entries the round held. Both sources, the in-memory hand-off
     /// and the log, run through here.
-    fn round(
-        &mut self,
-        progress: &Progress,
-        fill: impl FnOnce(
-            &Connection,
-            &Connection,
-            &Routes,
-            &mut Seen,
-            &mut Tally,
-        ) -> rusqlite::Result<i64>,
-    ) -> rusqlite::Result<usize> {
+    fn round(&mut self, progress: &Progress, fill: impl Fill) -> rusqlite::Result<usize> {
         let started = Instant::now();
         let routes = std::mem::take(&mut self.routes);
         let turns = self.turns.clone();
@@ -426,17 +428,7 @@ impl Projector {
         Ok(tally.entries)
     }
 
-    fn commit(
-        &mut self,
-        routes: &Routes,
-        fill: impl FnOnce(
-            &Connection,
-            &Connection,
-            &Routes,
-            &mut Seen,
-            &mut Tally,
-        ) -> rusqlite::Result<i64>,
-    ) -> rusqlite::Result<(Tally, i64)> {
+    fn commit(&mut self, routes: &Routes, fill: impl Fill) -> rusqlite::Result<(Tally, i64)> {
         // Taken out for the round and put back only once it committed: after a failure the
         // filter may hold wamids the rollback removed, or miss what another writer added
         // meanwhile, so it is loaded afresh.
