@@ -23,6 +23,26 @@ const MIN_CAPACITY: usize = 1 << 20;
 /// up, the filter is read again, larger.
 const HEADROOM: f64 = 0.5;
 
+/// Page cache, in KiB, for reading the whole index at load: pages read once, in order.
+const SCAN_CACHE_KIB: i64 = 256;
+
+/// Runs `scan` with `conn`'s page cache held to [`SCAN_CACHE_KIB`], then restores it. Reading
+/// every wamid through the projector's own cache (8 MiB) filled all of it with index pages that
+/// its rounds never read again: on a database of 1M leads the server's RSS rose by 11 MB at
+/// the first round, and that memory stayed resident.
+fn with_small_cache<T>(
+    conn: &Connection,
+    scan: impl FnOnce() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let before: i64 = conn.query_row("PRAGMA cache_size", [], |r| r.get(0))?;
+    conn.pragma_update(None, "cache_size", -SCAN_CACHE_KIB)?;
+    let scanned = scan();
+    let restored = conn.pragma_update(None, "cache_size", before);
+    let scanned = scanned?;
+    restored?;
+    Ok(scanned)
+}
+
 /// One cache line of bits: every probe of a wamid falls in the same block (a blocked Bloom
 /// filter), so a check costs one memory access, not seven.
 #[derive(Clone, Copy)]
@@ -59,7 +79,7 @@ impl Seen {
         let max: Option<i64> = conn.query_row("SELECT max(id) FROM leads", [], |r| r.get(0))?;
         let stored = max.unwrap_or(0).max(0) as f64;
         let mut seen = Self::with_capacity((stored * (1.0 + HEADROOM)) as usize);
-        seen.read_from(conn, 0)?;
+        with_small_cache(conn, || seen.read_from(conn, 0))?;
         Ok(seen)
     }
 
@@ -170,7 +190,16 @@ mod tests {
         for i in 0..5_000_i64 {
             insert(&conn, 1 + i * 17, &format!("wamid.stored{i}"));
         }
+        conn.pragma_update(None, "cache_size", -8192)
+            .expect("cache");
         let mut seen = Seen::load(&conn).expect("load");
+        let cache: i64 = conn
+            .query_row("PRAGMA cache_size", [], |r| r.get(0))
+            .expect("cache");
+        assert_eq!(
+            cache, -8192,
+            "the connection's own cache is back after the scan"
+        );
         for i in 0..5_000 {
             assert!(seen
                 .is_stored(&conn, &format!("wamid.stored{i}"))
