@@ -27,9 +27,9 @@ const HEADROOM: f64 = 0.5;
 const SCAN_CACHE_KIB: i64 = 256;
 
 /// Runs `scan` with `conn`'s page cache held to [`SCAN_CACHE_KIB`], then restores it. Reading
-/// every wamid through the projector's own cache (then 8 MiB) filled all of it with index pages that
-/// its rounds never read again: on a database of 1M leads the server's RSS rose by 11 MB at
-/// the first round, and that memory stayed resident.
+/// every wamid through the projector's own cache (then 8 MiB) filled all of it with index
+/// pages that its rounds never read again: on a database of 1M leads the server's RSS rose by
+/// 11 MB at the first round, and that memory stayed resident.
 fn with_small_cache<T>(
     conn: &Connection,
     scan: impl FnOnce() -> rusqlite::Result<T>,
