@@ -4,7 +4,8 @@
 # default), so this machine's drift from hour to hour hits both alike. It prints each
 # server's acknowledged deliveries/s and CPU time (user + system, all threads) per acknowledged
 # delivery and KB written per acknowledged delivery (/proc/PID/io write_bytes) over the measured
-# seconds, and B's CPU and bytes per delivery as ratios of A's. Run it
+# seconds, each server's peak RSS (VmHWM, warm-up included), and B's CPU and bytes per delivery
+# as ratios of A's. Run it
 # several times and swap A and B: one pair differs by up to ±8% when A and B are the same
 # build. It compares our builds with each other, so there is no peer; bench/run.sh has the
 # peer ratios.
@@ -19,7 +20,7 @@
 #                      bench/side_by_side.sh target/release/ctwa-leads /tmp/a; done
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n '2,17s/^# \{0,1\}//p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,18s/^# \{0,1\}//p' "$0"; exit 2; }
 A=$(readlink -f "$1")
 B=$(readlink -f "$2")
 CONNS=${3:-32}
@@ -66,6 +67,8 @@ load 18401 4 >/dev/null & load 18402 4 >/dev/null; wait
 CA=$(cpu "$PA"); CB=$(cpu "$PB"); WA=$(written "$PA"); WB=$(written "$PB")
 load 18401 "$SECS" --json >"$WORK/a/out" & load 18402 "$SECS" --json >"$WORK/b/out"; wait
 CA2=$(cpu "$PA"); CB2=$(cpu "$PB"); WA2=$(written "$PA"); WB2=$(written "$PB")
+peak() { awk '/^VmHWM/ {printf "%d", $2 / 1024}' "/proc/$1/status"; }
+echo "peak RSS: A $(peak "$PA") MB, B $(peak "$PB") MB"
 python3 - "$(ok "$WORK/a/out")" "$(ok "$WORK/b/out")" "$CA" "$CA2" "$CB" "$CB2" "$SECS" "$(getconf CLK_TCK)" \
   "$WA" "$WA2" "$WB" "$WB2" <<'PY'
 import sys
