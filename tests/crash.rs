@@ -113,21 +113,45 @@ fn start(config: &Path) -> Child {
         .expect("the server starts")
 }
 
-async fn wait_ready(client: &reqwest::Client, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(r) = client
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-        {
-            if r.status() == 200 {
-                return;
+/// Starts the server on `config` for the first time and waits until it is ready; returns it
+/// and the port it listens on. `free_port` only finds a port that was free a moment ago: a
+/// listener or a connection elsewhere in the suite can take it before the server binds, and
+/// then the server exits at once ("address already in use"). It is then moved to another
+/// port, by rewriting the `listen` line, up to five times.
+async fn start_ready(client: &reqwest::Client, config: &Path, mut port: u16) -> (Child, u16) {
+    for _ in 0..5 {
+        let mut server = start(config);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if server.try_wait().expect("server status").is_some() {
+                break;
             }
+            // With a deadline: whatever took the port may accept and never answer.
+            if let Ok(r) = client
+                .get(format!("http://127.0.0.1:{port}/readyz"))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+            {
+                if r.status() == 200 {
+                    return (server, port);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = server.kill();
+        let _ = server.wait();
+        let next = free_port();
+        let text = std::fs::read_to_string(config).expect("config read");
+        let moved = text.replace(
+            &format!("listen = \"127.0.0.1:{port}\""),
+            &format!("listen = \"127.0.0.1:{next}\""),
+        );
+        assert_ne!(moved, text, "the config names the port");
+        std::fs::write(config, moved).expect("config written");
+        port = next;
     }
-    panic!("the server did not become ready");
+    panic!("the server did not become ready on any of five ports");
 }
 
 /// `clients` tasks send unique deliveries until `stop`; acknowledged wamids land in `acked`.
@@ -262,7 +286,7 @@ async fn sigkill_under_load_loses_no_acknowledged_lead() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port();
+    let mut port = free_port();
     let config = binary_config(dir.path(), port);
     let receiver = wiremock::MockServer::start().await;
     wiremock::Mock::given(wiremock::matchers::method("POST"))
@@ -279,8 +303,8 @@ async fn sigkill_under_load_loses_no_acknowledged_lead() {
         .unwrap_or(7)
         | 1;
     for round in 0..rounds {
-        let mut server = start(&config);
-        wait_ready(&client, port).await;
+        let (mut server, moved) = start_ready(&client, &config, port).await;
+        port = moved;
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = drive(port, 16, round, stop.clone(), acked.clone());
         seed ^= seed << 13;
@@ -295,8 +319,8 @@ async fn sigkill_under_load_loses_no_acknowledged_lead() {
         }
     }
     // Restart once more on the same database: recovery must keep everything acknowledged.
-    let mut server = start(&config);
-    wait_ready(&client, port).await;
+    let (mut server, moved) = start_ready(&client, &config, port).await;
+    port = moved;
     wait_caught_up(&client, port).await;
     let acked = acked.lock().expect("acked").clone();
     let lost = verify(dir.path(), &acked, true).await;
@@ -316,7 +340,7 @@ async fn sigkill_under_load_loses_no_acknowledged_lead() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_drains_and_exits_zero_within_ten_seconds() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port();
+    let mut port = free_port();
     let config = binary_config(dir.path(), port);
     let receiver = wiremock::MockServer::start().await;
     wiremock::Mock::given(wiremock::matchers::method("POST"))
@@ -325,8 +349,8 @@ async fn sigterm_under_load_drains_and_exits_zero_within_ten_seconds() {
         .await;
     forward_to(&config, &format!("{}/hook", receiver.uri()));
     let client = reqwest::Client::new();
-    let mut server = start(&config);
-    wait_ready(&client, port).await;
+    let (mut server, moved) = start_ready(&client, &config, port).await;
+    port = moved;
     let acked = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = drive(port, 64, 0, stop.clone(), acked.clone());
@@ -366,13 +390,13 @@ async fn sigterm_under_load_drains_and_exits_zero_within_ten_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_cut_off_by_a_crash_is_sent_again_with_the_same_webhook_id() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port();
+    let mut port = free_port();
     let config = binary_config(dir.path(), port);
     let (url, seen) = hanging_destination().await;
     forward_to(&config, &url);
     let client = reqwest::Client::new();
-    let mut server = start(&config);
-    wait_ready(&client, port).await;
+    let (mut server, moved) = start_ready(&client, &config, port).await;
+    port = moved;
     let body = one_lead("wamid.crash-forward");
     let res = client
         .post(format!("http://127.0.0.1:{port}/webhook"))
@@ -393,8 +417,8 @@ async fn a_send_cut_off_by_a_crash_is_sent_again_with_the_same_webhook_id() {
     }
     server.kill().expect("SIGKILL");
     server.wait().expect("reaped");
-    let mut server = start(&config);
-    wait_ready(&client, port).await;
+    let (mut server, moved) = start_ready(&client, &config, port).await;
+    port = moved;
     let deadline = Instant::now() + Duration::from_secs(15);
     while seen.lock().expect("ids").len() < 2 {
         assert!(
