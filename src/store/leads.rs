@@ -102,14 +102,24 @@ pub(super) const CONTACT_LEAD_IDS: &str = concat!(
     " IN r AND user_id = ?1"
 );
 
-/// `1` when the wamid `?1` is stored: its index (migration 0009) searched in every id range.
-pub(super) const WAMID_STORED: &str = concat!(
-    "WITH RECURSIVE ",
-    id_ranges!(),
-    " SELECT 1 FROM leads INDEXED BY leads_wamid_by_range WHERE ",
-    id_range!(),
-    " IN r AND wamid = ?1 LIMIT 1"
-);
+/// A query's text for the lead with the wamid `?1`, selecting `$columns`: the wamid's index
+/// (migration 0009) searched in every id range.
+macro_rules! wamid_search {
+    ($columns:literal) => {
+        concat!(
+            "WITH RECURSIVE ",
+            id_ranges!(),
+            " SELECT ",
+            $columns,
+            " FROM leads INDEXED BY leads_wamid_by_range WHERE ",
+            id_range!(),
+            " IN r AND wamid = ?1"
+        )
+    };
+}
+
+/// `1` when the wamid `?1` is stored.
+pub(super) const WAMID_STORED: &str = concat!(wamid_search!("1"), " LIMIT 1");
 
 /// The one contact key a filter is looked up by, when it has any: the click id (one lead), else
 /// the `wa_id`, else the `user_id`. The others, if also given, are compared on the rows found.
@@ -284,20 +294,10 @@ pub async fn id_by_clid(pool: &SqlitePool, ctwa_clid: &str) -> Result<Option<i64
 }
 
 pub async fn by_wamid(pool: &SqlitePool, wamid: &str) -> Result<Option<LeadRow>, sqlx::Error> {
-    // Through the wamid's index, in every id range (migration 0009).
-    sqlx::query_as(&format!(
-        concat!(
-            "WITH RECURSIVE ",
-            id_ranges!(),
-            " SELECT {} FROM leads INDEXED BY leads_wamid_by_range WHERE ",
-            id_range!(),
-            " IN r AND wamid = ?"
-        ),
-        COLUMNS
-    ))
-    .bind(wamid)
-    .fetch_optional(pool)
-    .await
+    sqlx::query_as(&format!(wamid_search!("{}"), COLUMNS))
+        .bind(wamid)
+        .fetch_optional(pool)
+        .await
 }
 
 fn push_page<'a>(
