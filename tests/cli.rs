@@ -49,31 +49,39 @@ fn healthcheck(config: &Path, port: u16) -> Output {
 fn serve_starts_under_kubernetes_service_links_and_healthcheck_follows_its_port() {
     let dir = tempfile::tempdir().unwrap();
     let config = binary_config(dir.path(), 8080);
-    let port = free_port();
-    let mut child = serve(&config, port);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut healthy = false;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "serve exited with {status}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+    // `free_port` only finds a port that was free a moment ago; if something else in the suite
+    // takes it before the server binds, the server exits at once and is started on another.
+    let (mut child, port) = 'start: {
+        let mut exited = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = serve(&config, port);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let out = child.wait_with_output().unwrap();
+                    exited = format!("{status}: {}", String::from_utf8_lossy(&out.stderr));
+                    break;
+                }
+                if healthcheck(&config, port).status.success() {
+                    break 'start (child, port);
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("healthcheck never passed");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert!(exited.contains("in use"), "serve exited with {exited}");
         }
-        if healthcheck(&config, port).status.success() {
-            healthy = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        panic!("serve did not start on any of five ports: {exited}");
+    };
     // The probe for another port (what a hard-coded 8080 would do) fails.
     let elsewhere = healthcheck(&config, free_port());
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     let out = child.wait_with_output().unwrap();
-    assert!(healthy, "healthcheck never passed");
     assert!(!elsewhere.status.success());
     assert!(out.status.success(), "SIGTERM exits 0");
     let stdout = String::from_utf8_lossy(&out.stdout);
