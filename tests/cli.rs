@@ -51,7 +51,7 @@ fn serve_starts_under_kubernetes_service_links_and_healthcheck_follows_its_port(
     let config = binary_config(dir.path(), 8080);
     // `free_port` only finds a port that was free a moment ago; if something else in the suite
     // takes it before the server binds, the server exits at once and is started on another.
-    let (mut child, port) = 'start: {
+    let child = 'start: {
         let mut exited = String::new();
         for _ in 0..5 {
             let port = free_port();
@@ -64,7 +64,7 @@ fn serve_starts_under_kubernetes_service_links_and_healthcheck_follows_its_port(
                     break;
                 }
                 if healthcheck(&config, port).status.success() {
-                    break 'start (child, port);
+                    break 'start child;
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
