@@ -19,6 +19,7 @@ pub mod outbox;
 pub mod packed;
 pub mod projector;
 mod seen;
+mod writeback;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -128,6 +129,8 @@ pub struct WriterTask {
     /// The checkpointers (log and leads), and the retention pruner when enabled.
     background: Vec<JoinHandle<()>>,
     stop: CancellationToken,
+    /// Stops the leads file's [`writeback`] thread when this is dropped without a shutdown.
+    _writeback: tokio_util::sync::DropGuard,
 }
 
 impl WriterTask {
@@ -413,6 +416,8 @@ pub async fn open(
     let projector = std::thread::Builder::new()
         .name("projector".into())
         .spawn(move || projector.run())?;
+    let writeback = stop.child_token();
+    writeback::spawn(path.clone(), writeback.clone())?;
     Ok((
         Store {
             read,
@@ -433,6 +438,7 @@ pub async fn open(
             progress,
             background,
             stop,
+            _writeback: writeback.drop_guard(),
         },
     ))
 }
