@@ -109,9 +109,20 @@ impl ApiError {
     }
 }
 
+/// Seconds a client is asked to wait after one of our 503s (shed, or the database failed):
+/// load sheds and a failed commit pass in about that long; Meta retries on its own schedule.
+const RETRY_AFTER_SECS: &str = "1";
+
 fn envelope(status: StatusCode, kind: &str, message: &str) -> Response {
     let body = json!({"error": {"message": message, "type": kind, "code": status.as_u16()}});
-    (status, Json(body)).into_response()
+    let mut response = (status, Json(body)).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            header::HeaderValue::from_static(RETRY_AFTER_SECS),
+        );
+    }
+    response
 }
 
 impl IntoResponse for ApiError {

@@ -237,7 +237,7 @@ struct Readiness {
 /// within that lag); so does the `X-Projection-Lag` header, in entries.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, description = "Ready", body = Readiness),
-    (status = 503, description = "The database is not usable", body = error::ErrorEnvelope),
+    (status = 503, description = "The database is not usable", body = error::ErrorEnvelope, headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
 ))]
 async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
     let lag = state.store().lag();

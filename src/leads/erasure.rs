@@ -31,7 +31,7 @@ const MAX_ID: usize = 128;
         (status = 200, description = "What was removed (zero counts when nothing was stored)", body = Erased),
         (status = 400, description = "An empty, over-long or non-UTF-8 id", body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
-        (status = 503, description = "The database did not answer; nothing was removed", body = ErrorEnvelope),
+        (status = 503, description = "The database did not answer; nothing was removed", body = ErrorEnvelope, headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
     )
 )]
 async fn erase_contact(

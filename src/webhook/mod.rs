@@ -103,7 +103,7 @@ pub struct Ack {
         (status = 408, description = "The body arrived slower than server.min_body_rate", body = ErrorEnvelope),
         (status = 413, description = "Body over server.max_body_bytes", body = ErrorEnvelope),
         (status = 415, description = "A Content-Encoding other than identity; nothing is stored", body = ErrorEnvelope),
-        (status = 503, description = "Not stored: overloaded (shed before reading the body) or the database failed; Meta retries", body = ErrorEnvelope),
+        (status = 503, description = "Not stored: overloaded (shed before reading the body) or the database failed; Meta retries", body = ErrorEnvelope, headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
     )
 )]
 async fn receive(

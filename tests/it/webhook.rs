@@ -485,6 +485,11 @@ async fn a_failed_commit_answers_503_and_the_next_one_recovers() {
         .unwrap();
     let res = app.deliver(&one_lead("wamid.fail")).await;
     assert_eq!(res.status(), 503);
+    assert_eq!(
+        res.headers()["retry-after"],
+        "1",
+        "a 503 says when to retry"
+    );
     let err: Value = res.json().await.unwrap();
     assert_eq!(err["error"]["type"], "unavailable");
     assert_eq!(
@@ -779,6 +784,7 @@ async fn past_the_projection_lag_bound_deliveries_get_a_fast_503() {
             .await;
         statuses.push(res.status().as_u16());
         if res.status() == 503 {
+            assert_eq!(res.headers()["retry-after"], "1");
             let body: Value = res.json().await.unwrap();
             assert_eq!(body["error"]["type"], "overloaded");
         }
