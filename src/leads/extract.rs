@@ -201,8 +201,23 @@ pub fn extract(body: &[u8]) -> Extracted {
     };
     let text = replace_lone_surrogates(text);
     let canonical = OnceCell::new();
-    let delivery: Delivery<'_> = match parse(&text, &canonical) {
-        Ok(d) => d,
+    let delivery: Delivery<'_> = match parse::<Obj<Delivery<'_>>>(&text, &canonical) {
+        Ok(Obj::Some(d)) => d,
+        Ok(Obj::Odd(found)) => {
+            // JSON, but not a delivery: flagged (and so kept raw), never read positionally.
+            tracing::warn!(found, "a verified delivery is not a JSON object");
+            return Extracted {
+                status: ParseStatus::Partial,
+                ..invalid()
+            };
+        }
+        Ok(Obj::Absent) => {
+            tracing::warn!(found = "null", "a verified delivery is not a JSON object");
+            return Extracted {
+                status: ParseStatus::Partial,
+                ..invalid()
+            };
+        }
         Err(err) => {
             tracing::warn!(line = err.line(), column = err.column(), kind = ?err.classify(), "a verified delivery is not JSON");
             return invalid();
@@ -677,5 +692,23 @@ mod tests {
         let page = extract(br#"{"object":"page","entry":[{"changes":[{"field":"messages","value":{"messages":[{"id":"x","referral":{}}]}}]}]}"#);
         assert_eq!(page.status, ParseStatus::Parsed);
         assert!(page.leads.is_empty());
+    }
+
+    #[test]
+    fn json_that_is_not_an_object_is_flagged_and_never_read_by_position() {
+        // Read as a sequence, a derived struct would take its fields in order: this array
+        // would become a delivery with a lead.
+        let array = br#"["whatsapp_business_account",[{"id":"W","changes":[{"field":"messages","value":{"messages":[{"id":"wamid.A","referral":{"ref":"r"}}]}}]}]]"#;
+        for body in [&array[..], b"[]", b"null", b"5", br#""text""#, b"true"] {
+            let out = extract(body);
+            assert_eq!(
+                out.status,
+                ParseStatus::Partial,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert!(out.leads.is_empty());
+            assert_eq!(out.other, 1);
+        }
     }
 }
