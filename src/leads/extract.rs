@@ -203,16 +203,13 @@ pub fn extract(body: &[u8]) -> Extracted {
     let canonical = OnceCell::new();
     let delivery: Delivery<'_> = match parse::<Obj<Delivery<'_>>>(&text, &canonical) {
         Ok(Obj::Some(d)) => d,
-        Ok(Obj::Odd(found)) => {
+        Ok(not_an_object) => {
             // JSON, but not a delivery: flagged (and so kept raw), never read positionally.
-            tracing::warn!(found, "a verified delivery is not a JSON object");
-            return Extracted {
-                status: ParseStatus::Partial,
-                ..invalid()
+            let found = match not_an_object {
+                Obj::Odd(found) => found,
+                _ => "null",
             };
-        }
-        Ok(Obj::Absent) => {
-            tracing::warn!(found = "null", "a verified delivery is not a JSON object");
+            tracing::warn!(found, "a verified delivery is not a JSON object");
             return Extracted {
                 status: ParseStatus::Partial,
                 ..invalid()
