@@ -11,10 +11,10 @@ use super::ConfigError;
 pub struct CapiSettings {
     /// The WABA's dataset (`POST /v1/dataset` creates it); events go to `/{dataset_id}/events`.
     /// Digits, quoted or not (`CTWA_CAPI__DATASET_ID=123` works).
-    #[serde(deserialize_with = "super::text")]
+    #[serde(deserialize_with = "super::values::text")]
     pub dataset_id: Option<String>,
     /// Routes every event to Events Manager → Test Events, for trying the set-up.
-    #[serde(deserialize_with = "super::text")]
+    #[serde(deserialize_with = "super::values::text")]
     pub test_event_code: Option<String>,
     /// Queue a `LeadSubmitted` for every new lead that has a `ctwa_clid`, in the projector's
     /// transaction.

@@ -43,7 +43,7 @@ impl OneOrMany {
 pub(super) struct RawDestination {
     name: Option<String>,
     url: Option<String>,
-    #[serde(default, deserialize_with = "super::secrets")]
+    #[serde(default, deserialize_with = "super::values::secrets")]
     secret: Vec<SecretString>,
     #[serde(default)]
     source_id: OneOrMany,

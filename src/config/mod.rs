@@ -9,6 +9,7 @@ use std::time::Duration;
 mod capi;
 mod forward;
 pub mod sources;
+mod values;
 
 pub use capi::CapiSettings;
 pub use forward::{Destination, ForwardingSettings, LeadFilters};
@@ -402,112 +403,19 @@ struct RawSettings {
     capi: CapiSettings,
 }
 
-/// A string, or a number written without quotes (`verify_token = 12345` in the file); its
-/// value never appears in an error, since the key may hold a secret.
-struct TextVisitor;
-
-impl<'de> serde::de::Visitor<'de> for TextVisitor {
-    type Value = String;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a string")
-    }
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
-        Ok(v.to_owned())
-    }
-    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<String, E> {
-        Ok(v)
-    }
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
-        Ok(v.to_string())
-    }
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
-        Ok(v.to_string())
-    }
-    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<String, E> {
-        Err(E::custom("expected a string"))
-    }
-    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<String, E> {
-        Err(E::custom("expected a string (quote it)"))
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<String, A::Error> {
-        Err(serde::de::Error::custom("expected a string, not a list"))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<String, A::Error> {
-        Err(serde::de::Error::custom("expected a string, not a table"))
-    }
-}
-
-pub(super) fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    d.deserialize_any(TextVisitor).map(Some)
-}
-
-fn secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
-    Ok(text(d)?.map(SecretString::from))
-}
-
-/// One secret or a list of them: `app_secrets = "s"` is read as `["s"]`.
-fn secrets<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
-    struct Secrets;
-    impl<'de> serde::de::Visitor<'de> for Secrets {
-        type Value = Vec<SecretString>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a string or a list of strings")
-        }
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(vec![SecretString::from(v)])
-        }
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-            Ok(vec![SecretString::from(v.to_string())])
-        }
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-            Ok(vec![SecretString::from(v.to_string())])
-        }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(
-            self,
-            mut seq: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
-            while let Some(item) = seq.next_element_seed(TextSeed)? {
-                out.push(SecretString::from(item));
-            }
-            Ok(out)
-        }
-        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
-            Err(E::custom("expected a string or a list of strings"))
-        }
-        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
-            Err(E::custom("expected a string or a list of strings"))
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
-            Err(serde::de::Error::custom(
-                "expected a string or a list of strings",
-            ))
-        }
-    }
-    struct TextSeed;
-    impl<'de> serde::de::DeserializeSeed<'de> for TextSeed {
-        type Value = String;
-        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
-            d.deserialize_any(TextVisitor)
-        }
-    }
-    d.deserialize_any(Secrets)
-}
-
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWebhook {
-    #[serde(default, deserialize_with = "secret")]
+    #[serde(default, deserialize_with = "values::secret")]
     verify_token: Option<SecretString>,
-    #[serde(default, deserialize_with = "secrets")]
+    #[serde(default, deserialize_with = "values::secrets")]
     app_secrets: Vec<SecretString>,
 }
 
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApi {
-    #[serde(default, deserialize_with = "secret")]
+    #[serde(default, deserialize_with = "values::secret")]
     token: Option<SecretString>,
 }
 
@@ -516,9 +424,9 @@ struct RawApi {
 struct RawGraph {
     base_url: String,
     api_version: String,
-    #[serde(deserialize_with = "secret")]
+    #[serde(deserialize_with = "values::secret")]
     access_token: Option<SecretString>,
-    #[serde(deserialize_with = "text")]
+    #[serde(deserialize_with = "values::text")]
     waba_id: Option<String>,
     timeout_secs: u64,
 }
@@ -532,13 +440,6 @@ impl Default for RawGraph {
             waba_id: None,
             timeout_secs: 10,
         }
-    }
-}
-
-fn required(secret: Option<SecretString>, key: &'static str) -> Result<SecretString, ConfigError> {
-    match secret {
-        Some(s) if !s.expose_secret().trim().is_empty() => Ok(s),
-        _ => Err(ConfigError::MissingSecret { key }),
     }
 }
 
@@ -569,7 +470,7 @@ impl Settings {
 
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
         let raw: RawSettings = figment.extract()?;
-        let verify_token = required(raw.webhook.verify_token, "webhook.verify_token")?;
+        let verify_token = values::required(raw.webhook.verify_token, "webhook.verify_token")?;
         if raw.webhook.app_secrets.is_empty()
             || raw
                 .webhook
@@ -581,8 +482,8 @@ impl Settings {
                 key: "webhook.app_secrets",
             });
         }
-        let api_token = required(raw.api.token, "api.token")?;
-        let access_token = required(raw.graph.access_token, "graph.access_token")?;
+        let api_token = values::required(raw.api.token, "api.token")?;
+        let access_token = values::required(raw.graph.access_token, "graph.access_token")?;
         let waba_id = match raw.graph.waba_id {
             Some(id) if !id.trim().is_empty() => id,
             _ => {
