@@ -1,9 +1,10 @@
 //! Leads: [`extract`] turns a verified delivery into leads (pure, no I/O), [`api`] serves the
-//! stored ones over `/v1/leads`, and [`erasure`] removes one person's data on request.
+//! stored ones over `/v1/leads` ([`export`] streams them as CSV or NDJSON), and [`erasure`] removes one person's data on request.
 
 pub mod api;
 pub mod detected;
 pub mod erasure;
+mod export;
 pub mod extract;
 
 /// RFC 3339, or whole unix seconds, to unix milliseconds: how `since` and `until` are written
