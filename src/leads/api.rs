@@ -128,9 +128,14 @@ fn decode_cursor(value: &str) -> Result<Cursor, ApiError> {
             legacy.split_once(':').ok_or_else(bad)?
         }
     };
+    // Both parts are non-negative as handed out (a time in ms, a lead id): a sign is forged.
+    let part = |s: &str| match s.parse::<i64>() {
+        Ok(n) if n >= 0 && !s.starts_with('+') => Ok(n),
+        _ => Err(bad()),
+    };
     Ok(Cursor {
-        received_at_ms: at.parse().map_err(|_| bad())?,
-        id: id.parse().map_err(|_| bad())?,
+        received_at_ms: part(at)?,
+        id: part(id)?,
     })
 }
 
@@ -416,7 +421,16 @@ mod tests {
             id: 42,
         };
         assert_eq!(decode_cursor(&encode_cursor(c)).unwrap(), c);
-        for bad in ["", "!!", "MTIz", &URL_SAFE_NO_PAD.encode("a:b")] {
+        for bad in [
+            "",
+            "!!",
+            "MTIz",
+            &URL_SAFE_NO_PAD.encode("a:b"),
+            "-5.-5",
+            "1732262400123.-1",
+            "+1.2",
+            &URL_SAFE_NO_PAD.encode("-1:42"),
+        ] {
             assert!(decode_cursor(bad).is_err(), "{bad}");
         }
     }

@@ -375,6 +375,7 @@ async fn bad_parameters_get_400_naming_them() {
         ("/v1/leads?since=yesterday", "since"),
         ("/v1/leads?until=2024-13-01", "until"),
         ("/v1/leads?after=garbage!", "after"),
+        ("/v1/leads?after=-5.-5", "after"),
         ("/v1/leads/export?format=xml", "format"),
         ("/v1/leads/stats?since=soon", "since"),
         ("/v1/leads/export?until=x", "until"),
