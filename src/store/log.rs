@@ -226,6 +226,8 @@ pub struct Progress {
     /// The projector is waiting for work: only then does a new durable id need to wake it (a
     /// wake for every flush cost it, and the flush thread, a context switch each).
     idle: AtomicBool,
+    /// A round's worth of leads came into hand since the last ring (see [`Self::offer`]).
+    round_due: AtomicBool,
     handoff: Mutex<Handoff>,
     wake: Mutex<bool>,
     bell: Condvar,
@@ -245,9 +247,10 @@ impl Progress {
         h.leads += entry.leads.len();
         h.entries.push_back(entry);
         if before < ROUND_LEADS && h.leads >= ROUND_LEADS {
-            // Enough for a round: end a pacing projector's wait (see `handed_leads`).
-            drop(h);
-            self.wake();
+            // Enough for a round: a pacing projector's wait ends once this entry is durable
+            // (see `ring`), not now: woken now, it would take a core from the flush and the
+            // acknowledgements this entry still waits for, to project only older entries.
+            self.round_due.store(true, Ordering::SeqCst);
         }
     }
 
@@ -309,10 +312,25 @@ impl Progress {
 
     /// Publishes a durable id, and wakes the projector if it is waiting for work.
     pub fn mark_durable(&self, id: i64) {
-        // SeqCst on both sides (here and in `wait_for_work`): either the projector sees the
-        // new id before it sleeps, or this sees it idle and rings.
+        self.publish_durable(id);
+        self.ring();
+    }
+
+    /// Publishes a durable id without waking the projector: the flush thread answers the
+    /// acknowledgements first and [`Self::ring`]s after, so that the projector's round does not
+    /// take the core they need (on two cores, a projector woken first ran for milliseconds
+    /// while the flush thread it was woken beside queued behind it).
+    pub fn publish_durable(&self, id: i64) {
         self.durable.fetch_max(id, Ordering::SeqCst);
-        if self.idle.load(Ordering::SeqCst) {
+    }
+
+    /// Wakes the projector if it is waiting for work, or pacing while a round's worth of leads
+    /// came into hand. Call after [`Self::publish_durable`]: SeqCst on both sides (there and in
+    /// `wait_for_work`), so either the projector sees the new id before it sleeps, or this sees
+    /// it idle and rings.
+    pub fn ring(&self) {
+        let round = self.round_due.swap(false, Ordering::SeqCst);
+        if round || self.idle.load(Ordering::SeqCst) {
             self.wake();
         }
     }
@@ -458,18 +476,31 @@ mod tests {
         let started = std::time::Instant::now();
         p.wait(Duration::from_millis(200));
         assert!(started.elapsed() >= Duration::from_millis(200));
-        // The entry that brings the hand-off to a round's worth (a large batch) ends it.
-        let offerer = {
+        // The entry that brings the hand-off to a round's worth (a large batch) ends it once
+        // it is durable: the offer alone (made at commit, before the flush) does not.
+        p.offer(batch(2, ROUND_LEADS));
+        let started = std::time::Instant::now();
+        p.wait(Duration::from_millis(200));
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "the offer alone woke it"
+        );
+        let flusher = {
             let p = p.clone();
-            soon(move || p.offer(batch(2, ROUND_LEADS)))
+            soon(move || p.mark_durable(2))
         };
         let started = std::time::Instant::now();
         p.wait(Duration::from_secs(10));
         assert!(
             started.elapsed() < Duration::from_secs(5),
-            "the offer woke it"
+            "the flush that made it durable woke it"
         );
-        offerer.join().expect("offerer");
+        flusher.join().expect("flusher");
+        // Rung once: the next flush does not wake a pacing projector again.
+        p.mark_durable(3);
+        let started = std::time::Instant::now();
+        p.wait(Duration::from_millis(200));
+        assert!(started.elapsed() >= Duration::from_millis(200));
         assert_eq!(p.handed_leads(), ROUND_LEADS / 2 + ROUND_LEADS);
         assert_eq!(p.take(1, 2, usize::MAX).len(), 2);
         assert_eq!(p.handed_leads(), 0);

@@ -195,7 +195,9 @@ fn flush_loop(
         let answer = match synced {
             Ok(()) => {
                 // fdatasync covers the whole file: every batch committed before it started.
-                progress.mark_durable(last_id);
+                // Published before the answers (a reader told "stored" may wait for its
+                // projection), but the projector is rung only after them, below.
+                progress.publish_durable(last_id);
                 Ok(())
             }
             Err(err) => {
@@ -208,6 +210,7 @@ fn flush_loop(
             let _ = waiter.send(answer);
         }
         slots.answered(batches);
+        progress.ring();
     }
 }
 
