@@ -15,11 +15,15 @@ fn main() -> std::process::ExitCode {
 /// the operator chose it (its `MALLOC_*` variable or a `GLIBC_TUNABLES` entry).
 ///
 /// - **Arenas.** glibc gives every thread that allocates under contention an arena of its own,
-///   up to eight per core, and freed memory in one arena is not reused by another. With the
-///   HTTP workers, the log writer, its flush threads and the projector all allocating, that is
-///   about ten arenas, and under load the service's RSS grows by a fifth from that alone
-///   (`bench/run.sh`, 64 connections: peak RSS 63–64 MB with glibc's default, 52–57 MB with one
-///   arena per core, at the same throughput within the machine's noise). One arena per core.
+///   up to eight per core, and freed memory in one arena is not reused by another. Before the
+///   mmap threshold below was fixed, glibc's default cost a fifth more RSS under load
+///   (`bench/run.sh`, 64 connections: peak RSS 63–64 MB, against 52–57 MB with one arena per
+///   core). Too few arenas cost CPU instead: the HTTP workers, the log writer, its flush threads
+///   and the projector (SQLite allocates on every page) then share arenas and wait on their
+///   locks. Four per core, eight here: in four pairs of `bench/side_by_side.sh A B 32 20`
+///   (production-shaped `--mix real`, each build twice on each side) 0.96–0.99 of the CPU per
+///   delivery of one per core, mean 0.97, every pair below 1; peak RSS 54.3 MB against 54.8 on
+///   a database of 1M leads under 64 connections and a full export (one run each).
 /// - **The mmap threshold.** A block above it (128 KiB at start) gets a mapping of its own,
 ///   returned to the kernel when freed; but each such block freed raises the threshold to its
 ///   size, up to 32 MiB. After a few 1000-message deliveries (about 1 MB each, their parse and
@@ -28,6 +32,9 @@ fn main() -> std::process::ExitCode {
 ///   10 s at 5,000 deliveries/s, peak RSS 55–58 MB instead of 61–65 MB (three runs each).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod allocator {
+    /// Enough for the threads that allocate on the hot path (see "Arenas" above).
+    const ARENAS_PER_CORE: usize = 4;
+
     /// Whether the operator set `variable`, or the glibc tunable named `tunable`.
     fn operator_chose(variable: &str, tunable: &str) -> bool {
         std::env::var_os(variable).is_some()
@@ -37,7 +44,8 @@ mod allocator {
     pub fn tune() {
         let arenas = (!operator_chose("MALLOC_ARENA_MAX", "arena_max")).then(|| {
             let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-            libc::c_int::try_from(cores.max(2)).unwrap_or(libc::c_int::MAX)
+            libc::c_int::try_from(cores.max(2).saturating_mul(ARENAS_PER_CORE))
+                .unwrap_or(libc::c_int::MAX)
         });
         let threshold =
             (!operator_chose("MALLOC_MMAP_THRESHOLD_", "mmap_threshold")).then_some(128 * 1024);
