@@ -18,11 +18,11 @@ fn main() -> std::process::ExitCode {
 ///   up to eight per core, and freed memory in one arena is not reused by another. Before the
 ///   mmap threshold below was fixed, glibc's default cost a fifth more RSS under load
 ///   (`bench/run.sh`, 64 connections: peak RSS 63–64 MB, against 52–57 MB with one arena per
-///   core). Too few arenas cost CPU instead: the HTTP workers, the log writer, its flush threads
-///   and the projector (SQLite allocates on every page) then share arenas and wait on their
-///   locks. Four per core, eight here: in four pairs of `bench/side_by_side.sh A B 32 20`
-///   (production-shaped `--mix real`, each build twice on each side) 0.96–0.99 of the CPU per
-///   delivery of one per core, mean 0.97, every pair below 1; peak RSS 54.3 MB against 54.8 on
+///   core). With that threshold fixed, too few arenas cost CPU instead: the HTTP workers, the
+///   log writer, its flush threads and the projector (SQLite allocates on every page) share
+///   them. Four per core, eight here: in six pairs of `bench/side_by_side.sh A B 32 20`
+///   (production-shaped `--mix real`, each setting on both sides) 0.95–0.99 of the CPU per
+///   delivery of one per core, mean 0.965, every pair below 1; peak RSS 54.3 MB against 54.8 on
 ///   a database of 1M leads under 64 connections and a full export (one run each).
 /// - **The mmap threshold.** A block above it (128 KiB at start) gets a mapping of its own,
 ///   returned to the kernel when freed; but each such block freed raises the threshold to its
