@@ -247,9 +247,10 @@ impl Progress {
         h.leads += entry.leads.len();
         h.entries.push_back(entry);
         if before < ROUND_LEADS && h.leads >= ROUND_LEADS {
-            // Enough for a round: a pacing projector's wait ends once this entry is durable
-            // (see `ring`), not now: woken now, it would take a core from the flush and the
-            // acknowledgements this entry still waits for, to project only older entries.
+            // Enough for a round: a pacing projector's wait ends at the next flush's ring
+            // (see `ring`), after that flush's acknowledgements, not now: woken now, it would
+            // take a core from the flush this entry still waits for, to project only older
+            // entries. (A flush already under way may ring before this entry is durable.)
             self.round_due.store(true, Ordering::SeqCst);
         }
     }
