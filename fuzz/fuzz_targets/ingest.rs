@@ -35,5 +35,5 @@ fuzz_target!(|data: &[u8]| {
     let verified = verifier.verify(&headers, body).expect("a correct signature verifies");
     let extracted = extract(verified.as_bytes());
     assert!(extracted.leads.len() <= extracted.messages);
-    assert!(extracted.leads.iter().all(|l| !l.wamid.is_empty()));
+    assert!(extracted.leads.iter().all(|l| !l.view().wamid().is_empty()));
 });

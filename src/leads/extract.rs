@@ -9,41 +9,43 @@ use std::cell::OnceCell;
 
 use serde::Deserialize;
 
+use super::packed::PackedLead;
 use crate::webhook::payload::{
     Contact, Delivery, Field, Found, List, Message, MessagesValue, Obj, Referral,
 };
 
-/// One lead, owned, ready for the store.
+/// One lead: owned (`String`, the default), or borrowed from the parsed body (`&str`) while
+/// extraction packs it ([`PackedLead::pack`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NewLead {
-    pub wamid: String,
-    pub waba_id: Option<String>,
-    pub phone_number_id: Option<String>,
-    pub display_phone_number: Option<String>,
-    pub wa_id: Option<String>,
-    pub user_id: Option<String>,
-    pub profile_name: Option<String>,
-    pub message_type: Option<String>,
-    pub text: Option<String>,
+pub struct NewLead<S = String> {
+    pub wamid: S,
+    pub waba_id: Option<S>,
+    pub phone_number_id: Option<S>,
+    pub display_phone_number: Option<S>,
+    pub wa_id: Option<S>,
+    pub user_id: Option<S>,
+    pub profile_name: Option<S>,
+    pub message_type: Option<S>,
+    pub text: Option<S>,
     /// Message time, unix seconds.
     pub timestamp: Option<i64>,
-    pub referral: NewReferral,
+    pub referral: NewReferral<S>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NewReferral {
-    pub source_url: Option<String>,
-    pub source_id: Option<String>,
-    pub source_type: Option<String>,
-    pub headline: Option<String>,
-    pub body: Option<String>,
-    pub media_type: Option<String>,
-    pub image_url: Option<String>,
-    pub video_url: Option<String>,
-    pub thumbnail_url: Option<String>,
-    pub ctwa_clid: Option<String>,
-    pub ref_: Option<String>,
-    pub welcome_message: Option<String>,
+pub struct NewReferral<S = String> {
+    pub source_url: Option<S>,
+    pub source_id: Option<S>,
+    pub source_type: Option<S>,
+    pub headline: Option<S>,
+    pub body: Option<S>,
+    pub media_type: Option<S>,
+    pub image_url: Option<S>,
+    pub video_url: Option<S>,
+    pub thumbnail_url: Option<S>,
+    pub ctwa_clid: Option<S>,
+    pub ref_: Option<S>,
+    pub welcome_message: Option<S>,
 }
 
 /// How far a delivery could be read. Stored with the raw event.
@@ -70,7 +72,8 @@ impl ParseStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Extracted {
     pub status: ParseStatus,
-    pub leads: Vec<NewLead>,
+    /// One per referral message, packed (`PackedLead::unpack` gives a [`NewLead`]).
+    pub leads: Vec<PackedLead>,
     /// Events Meta detected itself (`automatic_events` changes).
     pub detected: Vec<super::detected::NewDetected>,
     /// Inbound messages seen, with or without a referral.
@@ -104,9 +107,9 @@ impl Report<'_> {
         self.out.status = ParseStatus::Partial;
     }
 
-    fn text(&mut self, field: &Field<'_>, path: impl FnOnce() -> String) -> Option<String> {
+    fn text<'t>(&mut self, field: &'t Field<'_>, path: impl FnOnce() -> String) -> Option<&'t str> {
         match field {
-            Field::Text(t) => Some(t.as_ref().to_owned()),
+            Field::Text(t) => Some(t.as_ref()),
             Field::Absent => None,
             Field::Odd(found) => {
                 self.odd(path, found);
@@ -254,7 +257,7 @@ pub fn extract(body: &[u8]) -> Extracted {
                 report.out.other += 1;
                 let read = change
                     .value
-                    .map(|raw| super::detected::read(raw.get(), waba_id.as_deref()));
+                    .map(|raw| super::detected::read(raw.get(), waba_id));
                 match read {
                     Some(Ok((events, unreadable))) => {
                         if unreadable > 0 {
@@ -288,7 +291,7 @@ pub fn extract(body: &[u8]) -> Extracted {
                         if value.messages.items.is_empty() && value.statuses.items.is_empty() {
                             report.out.other += 1;
                         }
-                        extract_value(waba_id.as_deref(), value, &mut report, &at);
+                        extract_value(waba_id, value, &mut report, &at);
                     } else {
                         report.out.other += 1;
                     }
@@ -373,9 +376,9 @@ fn extract_value(
             .and_then(|t| report.text(&t.body, || format!("{}.text.body", here())));
         let lead = NewLead {
             wamid,
-            waba_id: waba_id.map(str::to_owned),
-            phone_number_id: phone_number_id.clone(),
-            display_phone_number: display_phone_number.clone(),
+            waba_id,
+            phone_number_id,
+            display_phone_number,
             wa_id: from.or(contact_wa_id),
             user_id: from_user.or(contact_user_id),
             profile_name,
@@ -388,7 +391,7 @@ fn extract_value(
                 .map(|r| to_referral(r, report, &|| format!("{}.referral", here())))
                 .unwrap_or_default(),
         };
-        report.out.leads.push(lead);
+        report.out.leads.push(PackedLead::pack(&lead));
     }
 }
 
@@ -430,8 +433,14 @@ fn sender_contact<'c, 'a>(
         })
 }
 
-fn to_referral(r: &Referral<'_>, report: &mut Report<'_>, at: &dyn Fn() -> String) -> NewReferral {
-    let mut f = |field: &Field<'_>, name: &str| report.text(field, || format!("{}.{name}", at()));
+fn to_referral<'r>(
+    r: &'r Referral<'_>,
+    report: &mut Report<'_>,
+    at: &dyn Fn() -> String,
+) -> NewReferral<&'r str> {
+    let mut f = |field: &'r Field<'_>, name: &str| -> Option<&'r str> {
+        report.text(field, || format!("{}.{name}", at()))
+    };
     let mut referral = NewReferral {
         source_url: f(&r.source_url, "source_url"),
         source_id: f(&r.source_id, "source_id"),
@@ -485,7 +494,7 @@ mod tests {
         let out = extract(&body);
         assert_eq!(out.status, ParseStatus::Parsed);
         assert_eq!(out.leads.len(), 1);
-        let lead = &out.leads[0];
+        let lead = &out.leads[0].unpack();
         assert_eq!(lead.wamid, "wamid.A");
         assert_eq!(lead.waba_id.as_deref(), Some("WABA1"));
         assert_eq!(lead.phone_number_id.as_deref(), Some("PN1"));
@@ -504,7 +513,7 @@ mod tests {
         let body = delivery(
             json!({"messages": [{"id": "wamid.B", "type": "request_welcome", "referral": {}}]}),
         );
-        let lead = &extract(&body).leads[0];
+        let lead = &extract(&body).leads[0].unpack();
         assert_eq!(lead.message_type.as_deref(), Some("request_welcome"));
         assert_eq!(
             lead,
@@ -523,7 +532,7 @@ mod tests {
             "contacts": [{"profile": {"name": "Ana"}, "user_id": "US.1"}],
             "messages": [{"from_user_id": "US.1", "id": "wamid.C", "type": "text", "referral": {"source_id": "AD"}}]
         }));
-        let lead = &extract(&body).leads[0];
+        let lead = &extract(&body).leads[0].unpack();
         assert_eq!(lead.user_id.as_deref(), Some("US.1"));
         assert_eq!(lead.wa_id, None);
         assert_eq!(lead.profile_name.as_deref(), Some("Ana"));
@@ -543,7 +552,7 @@ mod tests {
         assert_eq!(
             out.leads
                 .iter()
-                .map(|l| l.wamid.as_str())
+                .map(|l| l.view().wamid())
                 .collect::<Vec<_>>(),
             ["5", "wamid.D"]
         );
@@ -605,7 +614,7 @@ mod tests {
             let out = extract(&delivery(value));
             assert_eq!(out.status, status, "{pointer}");
             assert_eq!(out.leads.len(), 1, "{pointer}: the lead survives");
-            let lead = &out.leads[0];
+            let lead = &out.leads[0].unpack();
             assert_eq!(lead.wamid, "wamid.A", "{pointer}");
             assert_eq!(lead.text.as_deref(), Some("hi"), "{pointer}");
             assert_eq!(lead.referral.headline.as_deref(), Some("H"), "{pointer}");
@@ -627,7 +636,10 @@ mod tests {
         let body = br#"{"object":"whatsapp_business_account","entry":[{"id":102290129340398,"changes":[{"field":"messages","value":{"messages":[{"id":"wamid.N","referral":{"ref":"r"}}]}}]}]}"#;
         let out = extract(body);
         assert_eq!(out.status, ParseStatus::Parsed);
-        assert_eq!(out.leads[0].waba_id.as_deref(), Some("102290129340398"));
+        assert_eq!(
+            out.leads[0].unpack().waba_id.as_deref(),
+            Some("102290129340398")
+        );
     }
 
     #[test]
@@ -635,7 +647,7 @@ mod tests {
         let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"messages","value":{"messages":[{"id":"wamid.S","referral":{"headline":"a\ud800b","body":"\ud83d\ude00","ref":"x\\ud800"}}]}}]}]}"#;
         let out = extract(body);
         assert_eq!(out.leads.len(), 1);
-        let r = &out.leads[0].referral;
+        let r = &out.leads[0].unpack().referral;
         assert_eq!(r.headline.as_deref(), Some("a\u{FFFD}b"));
         assert_eq!(r.body.as_deref(), Some("😀"), "a valid pair is kept");
         assert_eq!(
@@ -676,8 +688,8 @@ mod tests {
         let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"messages","value":{"messages":[{"id":"wamid.D","referral":{"ref":"first","ref":"last","source_id":"AD"}}]}}]}]}"#;
         let out = extract(body);
         assert_eq!(out.leads.len(), 1);
-        assert_eq!(out.leads[0].referral.ref_.as_deref(), Some("last"));
-        assert_eq!(out.leads[0].referral.source_id.as_deref(), Some("AD"));
+        assert_eq!(out.leads[0].view().ref_(), Some("last"));
+        assert_eq!(out.leads[0].view().source_id(), Some("AD"));
         let top = br#"{"object":"whatsapp_business_account","object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"messages","value":{"messages":[{"id":"wamid.T","referral":{}}]}}]}]}"#;
         assert_eq!(extract(top).leads.len(), 1);
     }

@@ -1,4 +1,5 @@
-//! Leads: [`extract`] turns a verified delivery into leads (pure, no I/O), [`api`] serves the
+//! Leads: [`extract`] turns a verified delivery into leads (pure, no I/O), each [`packed`] into one
+//! buffer for the store, [`api`] serves the
 //! stored ones over `/v1/leads` ([`export`] streams them as CSV or NDJSON), and [`erasure`] removes one person's data on request.
 
 pub mod api;
@@ -6,6 +7,7 @@ pub mod detected;
 pub mod erasure;
 mod export;
 pub mod extract;
+pub mod packed;
 
 /// RFC 3339, or whole unix seconds, to unix milliseconds: how `since` and `until` are written
 /// everywhere (API and CLI). The error says what is accepted.

@@ -14,10 +14,10 @@ use rusqlite::Connection;
 
 use super::codec;
 pub use super::codec::{unpack, Unpacker};
-use super::packed::PackedLead;
+use crate::leads::packed::PackedLead;
 
 use crate::leads::detected::NewDetected;
-use crate::leads::extract::{Extracted, NewLead, ParseStatus};
+use crate::leads::extract::{Extracted, ParseStatus};
 
 /// The log's schema, applied by `PRAGMA user_version`.
 const SCHEMA: &[&str] = &["CREATE TABLE IF NOT EXISTS log (
@@ -122,8 +122,8 @@ impl LogRecord {
     }
 
     /// Carries `leads` (extracted from this body) to the projector.
-    pub fn with_leads(mut self, leads: Vec<NewLead>) -> Self {
-        self.leads = leads.iter().map(PackedLead::pack).collect();
+    pub fn with_leads(mut self, leads: Vec<PackedLead>) -> Self {
+        self.leads = leads;
         self
     }
 
@@ -393,9 +393,9 @@ mod tests {
 
     /// An entry holding `n` leads.
     fn batch(id: i64, n: usize) -> Handed {
-        let lead = NewLead {
+        let lead: crate::leads::extract::NewLead = crate::leads::extract::NewLead {
             wamid: "w".into(),
-            ..NewLead::default()
+            ..crate::leads::extract::NewLead::default()
         };
         Handed {
             id,

@@ -101,7 +101,7 @@ fn reextract_blocking(
             let rows = extracted
                 .leads
                 .iter()
-                .map(|lead| (id, received_at, lead.into()));
+                .map(|lead| (id, received_at, lead.view()));
             report.new_leads += insert_leads(&tx, rows, routes, &mut seen)?.leads;
             super::conversions::insert_detected(&tx, &extracted.detected, received_at)?;
             if status_from_code(status) != extracted.status {

@@ -17,7 +17,6 @@ pub mod leads;
 pub mod log;
 pub mod maintenance;
 pub mod outbox;
-pub mod packed;
 pub mod projector;
 mod seen;
 mod writeback;

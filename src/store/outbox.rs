@@ -10,8 +10,8 @@ use rusqlite::{params, Connection};
 use sqlx::{FromRow, QueryBuilder, Sqlite, SqlitePool};
 
 use super::leads::{LeadRow, COLUMNS};
-use super::packed::LeadView;
 use crate::config::{ForwardingSettings, LeadFilters};
+use crate::leads::packed::LeadView;
 
 /// Where the projector enqueues a new lead: every enabled destination whose filters match.
 #[derive(Debug, Clone, Default)]

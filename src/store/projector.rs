@@ -15,12 +15,12 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::log::{Progress, Unpacker, ROUND_LEADS};
 use super::outbox::{enqueue, Routes, Wake};
-use super::packed::{LeadView, PackedLead, FIELD_COLUMNS};
 use super::seen::Seen;
 use super::writer::open_connection;
 use crate::config::Durability;
 use crate::leads::detected::NewDetected;
 use crate::leads::extract::extract;
+use crate::leads::packed::{LeadView, PackedLead, FIELD_COLUMNS};
 
 /// How long the projector sleeps when nothing is new (it is woken earlier by the writer).
 const IDLE_WAIT: Duration = Duration::from_millis(250);
@@ -407,7 +407,7 @@ impl Projector {
                         }
                     },
                 };
-                let views: Vec<LeadView> = leads.iter().map(LeadView::from).collect();
+                let views: Vec<LeadView> = leads.iter().map(PackedLead::view).collect();
                 tally.apply(tx, (id, received_at), &views, &detected, routes, seen)?;
                 last = Some(id);
             }

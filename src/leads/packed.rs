@@ -1,14 +1,14 @@
-//! A lead packed into one allocation, for the writer's in-memory hand-off to the projector. An
-//! extracted [`NewLead`] is some twenty separately allocated strings; the hand-off holds up to
+//! A lead packed into one allocation: what extraction yields and what the writer hands to the
+//! projector in memory. Extraction reads a lead's fields in place from the parsed body (a
+//! borrowed [`NewLead`]) and copies them once, into here. An owned [`NewLead`] would be some
+//! twenty separately allocated strings; the hand-off holds up to
 //! 8,192 leads (and the projector as many again) whenever the projection runs behind, and those
 //! strings made up most of the service's peak memory under load. Packed, a lead is its text in
 //! one buffer plus the field boundaries; the projector reads it in place through a [`LeadView`],
 //! one log entry at a time, inside its transaction. Peak RSS at 64 connections went from
 //! 65–68 MB to 53–56, and on a database of 2M leads (where the projection lags) from 89 to 62 MB
 //! (issue 12's note).
-use crate::leads::extract::NewLead;
-#[cfg(test)]
-use crate::leads::extract::NewReferral;
+use super::extract::{NewLead, NewReferral};
 
 /// The lead's text fields, in the order [`PackedLead::pack`] and [`PackedLead::unpack`] walk them.
 const FIELDS: usize = 21;
@@ -81,32 +81,32 @@ impl<'a> LeadView<'a> {
     }
 }
 
-impl<'a> From<&'a NewLead> for LeadView<'a> {
-    fn from(lead: &'a NewLead) -> Self {
+impl<'a, S: AsRef<str>> From<&'a NewLead<S>> for LeadView<'a> {
+    fn from(lead: &'a NewLead<S>) -> Self {
         let r = &lead.referral;
         Self {
             fields: [
-                Some(lead.wamid.as_str()),
-                lead.waba_id.as_deref(),
-                lead.phone_number_id.as_deref(),
-                lead.display_phone_number.as_deref(),
-                lead.wa_id.as_deref(),
-                lead.user_id.as_deref(),
-                lead.profile_name.as_deref(),
-                lead.message_type.as_deref(),
-                lead.text.as_deref(),
-                r.source_url.as_deref(),
-                r.source_id.as_deref(),
-                r.source_type.as_deref(),
-                r.headline.as_deref(),
-                r.body.as_deref(),
-                r.media_type.as_deref(),
-                r.image_url.as_deref(),
-                r.video_url.as_deref(),
-                r.thumbnail_url.as_deref(),
-                r.ctwa_clid.as_deref(),
-                r.ref_.as_deref(),
-                r.welcome_message.as_deref(),
+                Some(lead.wamid.as_ref()),
+                lead.waba_id.as_ref().map(AsRef::as_ref),
+                lead.phone_number_id.as_ref().map(AsRef::as_ref),
+                lead.display_phone_number.as_ref().map(AsRef::as_ref),
+                lead.wa_id.as_ref().map(AsRef::as_ref),
+                lead.user_id.as_ref().map(AsRef::as_ref),
+                lead.profile_name.as_ref().map(AsRef::as_ref),
+                lead.message_type.as_ref().map(AsRef::as_ref),
+                lead.text.as_ref().map(AsRef::as_ref),
+                r.source_url.as_ref().map(AsRef::as_ref),
+                r.source_id.as_ref().map(AsRef::as_ref),
+                r.source_type.as_ref().map(AsRef::as_ref),
+                r.headline.as_ref().map(AsRef::as_ref),
+                r.body.as_ref().map(AsRef::as_ref),
+                r.media_type.as_ref().map(AsRef::as_ref),
+                r.image_url.as_ref().map(AsRef::as_ref),
+                r.video_url.as_ref().map(AsRef::as_ref),
+                r.thumbnail_url.as_ref().map(AsRef::as_ref),
+                r.ctwa_clid.as_ref().map(AsRef::as_ref),
+                r.ref_.as_ref().map(AsRef::as_ref),
+                r.welcome_message.as_ref().map(AsRef::as_ref),
             ],
             timestamp: lead.timestamp,
         }
@@ -114,7 +114,7 @@ impl<'a> From<&'a NewLead> for LeadView<'a> {
 }
 
 impl PackedLead {
-    pub fn pack(lead: &NewLead) -> Self {
+    pub fn pack<S: AsRef<str>>(lead: &NewLead<S>) -> Self {
         let LeadView { fields, timestamp } = LeadView::from(lead);
         let mut text = String::with_capacity(fields.iter().flatten().map(|f| f.len()).sum());
         let mut ends = [0; FIELDS];
@@ -142,7 +142,7 @@ impl PackedLead {
         }
     }
 
-    #[cfg(test)]
+    /// The lead as owned strings (for tests and tools; the store reads [`Self::view`]).
     pub fn unpack(&self) -> NewLead {
         let mut fields = self.view().fields.into_iter();
         let mut next = || fields.next().flatten().map(str::to_owned);
@@ -277,14 +277,14 @@ mod tests {
         };
         assert_eq!(PackedLead::pack(&sparse).unpack(), sparse);
         assert_eq!(
-            PackedLead::pack(&NewLead::default()).unpack(),
+            PackedLead::pack(&NewLead::<String>::default()).unpack(),
             NewLead::default()
         );
     }
 
     #[test]
     fn a_packed_lead_is_one_buffer_of_its_text() {
-        let lead = NewLead {
+        let lead: NewLead = NewLead {
             wamid: "wamid.3".into(),
             referral: NewReferral {
                 ctwa_clid: Some("abc".into()),
