@@ -172,10 +172,13 @@ fn make_debug_span(req: &Request) -> tracing::Span {
     tracing::debug_span!("request", method = %req.method(), path = %route_of(req), request_id = %request_id::of(req))
 }
 
+/// The route of a request that matched none (a 404): one series and span value for all of them.
+const UNMATCHED: &str = "(unmatched)";
+
 fn route_of(req: &Request) -> &str {
     req.extensions()
         .get::<axum::extract::MatchedPath>()
-        .map_or("(unmatched)", |p| p.as_str())
+        .map_or(UNMATCHED, |p| p.as_str())
 }
 
 /// The outermost step of every request, in one layer:
@@ -187,7 +190,11 @@ fn route_of(req: &Request) -> &str {
 async fn front(mut request: Request, next: middleware::Next) -> Response {
     request_id::keep_only_safe_ids(&mut request);
     let started = std::time::Instant::now();
-    let route = route_of(&request).to_owned();
+    // The template, shared with the router (an `Arc`), not copied.
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .cloned();
     let method = request.method().clone();
     let response = match error::refuse_long_uri(&request) {
         // Refused before the id layer: the caller's id, or one from the same generator.
@@ -205,7 +212,7 @@ async fn front(mut request: Request, next: middleware::Next) -> Response {
         None => error::envelope_every_error(next.run(request).await).await,
     };
     crate::monitor::http_request(
-        &route,
+        route.as_ref().map_or(UNMATCHED, |p| p.as_str()),
         method.as_str(),
         response.status().as_u16(),
         started.elapsed(),
