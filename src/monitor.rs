@@ -121,12 +121,19 @@ pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
             histogram!(HTTP_DURATION, "route" => route.to_owned(), "method" => method.to_owned());
         (requests, duration)
     };
-    // Handles taken before the recorder is installed would stay no-ops: cache only after.
-    if !matches!(HANDLE.get(), Some(Some(_))) {
-        let (requests, duration) = series();
-        requests.increment(1);
-        duration.record(elapsed.as_secs_f64());
-        return;
+    match HANDLE.get() {
+        // No recorder was asked for (`[metrics] listen` is unset): the facade would drop the
+        // figures anyway, so do not build their labels.
+        None => return,
+        // Our recorder is installed: record through this thread's cached handles, below.
+        Some(Some(_)) => {}
+        // Another recorder was installed first: record through it, uncached.
+        Some(None) => {
+            let (requests, duration) = series();
+            requests.increment(1);
+            duration.record(elapsed.as_secs_f64());
+            return;
+        }
     }
     HTTP_SERIES.with_borrow_mut(|cache| {
         let found = cache
