@@ -76,7 +76,7 @@ impl Admission {
         let mut held: Option<OwnedSemaphorePermit> = None;
         // The declared length only sizes a small first buffer: an unauthenticated client's
         // claim commits no memory beyond that.
-        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(FIRST_BUFFER));
+        let mut buf = Received::new(declared.unwrap_or(0).min(FIRST_BUFFER));
         let mut stream = body.into_data_stream();
         loop {
             // The next bytes are due when the rate would fall behind what has arrived so far.
@@ -102,7 +102,7 @@ impl Admission {
                     None => held = Some(permit),
                 }
             }
-            buf.extend_from_slice(&chunk);
+            buf.push(chunk);
         }
         let delivery = self
             .deliveries
@@ -110,12 +110,69 @@ impl Admission {
             .try_acquire_owned()
             .map_err(|_| BodyError::Overloaded)?;
         Ok((
-            buf.freeze(),
+            buf.into_bytes(),
             Ticket {
                 _bytes: held,
                 _delivery: delivery,
             },
         ))
+    }
+}
+
+/// A body as it arrives. Most arrive in one chunk, which is kept as it is (a slice of the
+/// connection's read buffer, which the request's headers hold anyway): no copy, and no
+/// buffer of the body's size to allocate. A second chunk starts a buffer of their own, sized
+/// for the declared length up to [`FIRST_BUFFER`].
+struct Received {
+    first_buffer: usize,
+    body: Chunks,
+}
+
+enum Chunks {
+    Nothing,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Received {
+    fn new(first_buffer: usize) -> Self {
+        Self {
+            first_buffer,
+            body: Chunks::Nothing,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match &self.body {
+            Chunks::Nothing => 0,
+            Chunks::One(one) => one.len(),
+            Chunks::Many(many) => many.len(),
+        }
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
+        match &mut self.body {
+            Chunks::Nothing => self.body = Chunks::One(chunk),
+            Chunks::One(one) => {
+                let both = one.len() + chunk.len();
+                let mut many = BytesMut::with_capacity(both.max(self.first_buffer));
+                many.extend_from_slice(one);
+                many.extend_from_slice(&chunk);
+                self.body = Chunks::Many(many);
+            }
+            Chunks::Many(many) => many.extend_from_slice(&chunk),
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self.body {
+            Chunks::Nothing => Bytes::new(),
+            Chunks::One(one) => one,
+            Chunks::Many(many) => many.freeze(),
+        }
     }
 }
 
@@ -162,6 +219,25 @@ mod tests {
         // Declaring the maximum while sending little costs only what was sent.
         let (_, _t) = a.receive(body(&[1; 5]), Some(60)).await.unwrap();
         let (_, _t2) = a.receive(body(&[1; 60]), Some(60)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_body_in_one_chunk_is_kept_as_it_came_and_chunks_are_joined_in_order() {
+        let a = Admission::new(10, 1000, 1000, 1024);
+        let whole = Bytes::from_static(b"{\"object\":\"whatsapp_business_account\"}");
+        let (one, _t) = a.receive(Body::from(whole.clone()), None).await.unwrap();
+        assert_eq!(one, whole);
+        assert_eq!(one.as_ptr(), whole.as_ptr(), "one chunk is not copied");
+
+        let chunks: Vec<Result<Bytes, std::io::Error>> = ["{\"a\":", "", "[1,", "2]}"]
+            .into_iter()
+            .map(|c| Ok(Bytes::from_static(c.as_bytes())))
+            .collect();
+        let streamed = Body::from_stream(futures_util::stream::iter(chunks));
+        let (joined, _t2) = a.receive(streamed, Some(12)).await.unwrap();
+        assert_eq!(&joined[..], b"{\"a\":[1,2]}");
+        let (empty, _t3) = a.receive(body(&[]), None).await.unwrap();
+        assert!(empty.is_empty());
     }
 
     #[tokio::test]
