@@ -121,6 +121,10 @@ pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
             histogram!(HTTP_DURATION, "route" => route.to_owned(), "method" => method.to_owned());
         (requests, duration)
     };
+    let record = |requests: &Counter, duration: &Histogram| {
+        requests.increment(1);
+        duration.record(elapsed.as_secs_f64());
+    };
     match HANDLE.get() {
         // No recorder was asked for (`[metrics] listen` is unset): the facade would drop the
         // figures anyway, so do not build their labels.
@@ -130,8 +134,7 @@ pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
         // Another recorder was installed first: record through it, uncached.
         Some(None) => {
             let (requests, duration) = series();
-            requests.increment(1);
-            duration.record(elapsed.as_secs_f64());
+            record(&requests, &duration);
             return;
         }
     }
@@ -144,8 +147,7 @@ pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
             None => {
                 let (requests, duration) = series();
                 if cache.len() >= CACHED_SERIES {
-                    requests.increment(1);
-                    duration.record(elapsed.as_secs_f64());
+                    record(&requests, &duration);
                     return;
                 }
                 cache.push(HttpSeries {
@@ -158,8 +160,7 @@ pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
                 cache.len() - 1
             }
         };
-        cache[at].requests.increment(1);
-        cache[at].duration.record(elapsed.as_secs_f64());
+        record(&cache[at].requests, &cache[at].duration);
     });
 }
 

@@ -175,10 +175,12 @@ fn make_debug_span(req: &Request) -> tracing::Span {
 /// The route of a request that matched none (a 404): one series and span value for all of them.
 const UNMATCHED: &str = "(unmatched)";
 
+fn matched_path(req: &Request) -> Option<&axum::extract::MatchedPath> {
+    req.extensions().get::<axum::extract::MatchedPath>()
+}
+
 fn route_of(req: &Request) -> &str {
-    req.extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or(UNMATCHED, |p| p.as_str())
+    matched_path(req).map_or(UNMATCHED, |p| p.as_str())
 }
 
 /// The outermost step of every request, in one layer:
@@ -191,10 +193,7 @@ async fn front(mut request: Request, next: middleware::Next) -> Response {
     request_id::keep_only_safe_ids(&mut request);
     let started = std::time::Instant::now();
     // The template, shared with the router (an `Arc`), not copied.
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .cloned();
+    let route = matched_path(&request).cloned();
     let method = request.method().clone();
     let response = match error::refuse_long_uri(&request) {
         // Refused before the id layer: the caller's id, or one from the same generator.
