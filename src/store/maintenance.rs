@@ -87,7 +87,7 @@ fn reextract_blocking(
         // Immediate: the wamids are checked and inserted under the write lock, so a running
         // server's projector cannot store one of them in between.
         let tx = leads.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        seen.refresh(&tx)?;
+        seen = seen.refresh(&tx)?;
         let mut restatus = Vec::new();
         for (id, received_at, status, codec, body) in rows {
             let raw = match unpack(codec, body) {

@@ -455,10 +455,7 @@ impl Projector {
         let (log, leads) = self.connections()?;
         let tx = leads.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut seen = match seen {
-            Some(mut seen) => {
-                seen.refresh(&tx)?;
-                seen
-            }
+            Some(seen) => seen.refresh(&tx)?,
             None => {
                 let started = Instant::now();
                 let seen = Seen::load(&tx)?;
