@@ -1,13 +1,14 @@
-//! The `ctwa-leads` binary: tunes the C allocator (arenas, mmap threshold), parses the command
-//! line and hands over to the library.
+//! The `ctwa-leads` binary: tunes the C allocator (arenas, mmap threshold, a periodic trim),
+//! parses the command line and hands over to the library.
 
-// The library forbids `unsafe`; the binary allows it in one place, the `mallopt` calls below.
+// The library forbids `unsafe`; the binary allows it in one place, the allocator calls below.
 #![deny(unsafe_code)]
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     allocator::tune();
+    allocator::trim_periodically();
     ctwa_leads::cli::run(ctwa_leads::cli::Cli::parse())
 }
 
@@ -64,10 +65,41 @@ mod allocator {
             }
         }
     }
+
+    /// How often freed memory goes back to the kernel (see [`trim_periodically`]).
+    const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// Hands the free pages of every arena back to the kernel every [`TRIM_EVERY`], on a
+    /// thread of its own. glibc returns only the free top of a heap by itself; pages freed
+    /// in the middle of an arena (a finished export's rows, a request's buffers, the filter
+    /// of wamids the projector replaced) stay resident until `malloc_trim` releases them.
+    /// On a database of 2M leads under 64 connections, one trim took RSS from 51 MB to 42 MB,
+    /// and an idle server after the load from 47 MB to 37 MB. Skipped when the operator set
+    /// `CTWA_MALLOC_TRIM=off`.
+    pub fn trim_periodically() {
+        if std::env::var("CTWA_MALLOC_TRIM").is_ok_and(|v| v.eq_ignore_ascii_case("off")) {
+            return;
+        }
+        // A thread that cannot start only costs the saving.
+        let _ = std::thread::Builder::new()
+            .name("malloc-trim".into())
+            .stack_size(64 * 1024)
+            .spawn(|| loop {
+                std::thread::sleep(TRIM_EVERY);
+                // SAFETY: `malloc_trim` takes each arena's own lock while it releases that
+                // arena's free pages, as `free` does; it is safe to call from any thread at
+                // any time.
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            });
+    }
 }
 
 /// Other allocators (musl, macOS) keep their own defaults.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 mod allocator {
     pub fn tune() {}
+    pub fn trim_periodically() {}
 }
