@@ -75,7 +75,7 @@ mod allocator {
     /// of wamids the projector replaced) stay resident until `malloc_trim` releases them.
     /// On a database of 2M leads under 64 connections, one trim took RSS from 51 MB to 42 MB,
     /// and an idle server after the load from 47 MB to 37 MB; trimming every second held the
-    /// load at 43–46 MB instead of 56–60, at the same CPU per delivery (README, *Freed memory
+    /// load at 42–47 MB instead of 56–61, at the same CPU per delivery (README, *Freed memory
     /// goes back*).
     pub fn trim_periodically() {
         // A thread that cannot start only costs the saving.
