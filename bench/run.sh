@@ -17,6 +17,7 @@
 #
 #   bench/run.sh [seconds per run, default 30] [warm-up seconds, default 10]
 #   PREFILL=2000000 (0 skips the grown-database run), BURST=60 (seconds of the statuses burst)
+#   RUST_LOG (default info, the service's own default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-30}
@@ -60,8 +61,8 @@ start() { # ceiling|durable|peer [keep: reuse the files of the previous run]
   sync
   case $1 in
     peer) node bench/peer/server.js "$PORT" "$SECRET" "$WORK/peer.db" 2 >"$WORK/server.log" 2>&1 & ;;
-    ceiling) CTWA_INGEST__CEILING_MODE=true RUST_LOG=warn ./target/release/ctwa-leads serve --config "$WORK/config.toml" >"$WORK/server.log" 2>&1 & ;;
-    *) RUST_LOG=warn ./target/release/ctwa-leads serve --config "$WORK/config.toml" >"$WORK/server.log" 2>&1 & ;;
+    ceiling) CTWA_INGEST__CEILING_MODE=true RUST_LOG="${RUST_LOG:-info}" ./target/release/ctwa-leads serve --config "$WORK/config.toml" >"$WORK/server.log" 2>&1 & ;;
+    *) RUST_LOG="${RUST_LOG:-info}" ./target/release/ctwa-leads serve --config "$WORK/config.toml" >"$WORK/server.log" 2>&1 & ;;
   esac
   SERVER=$!
   for _ in $(seq 100); do curl -fs "$URL/healthz" >/dev/null 2>&1 && break; sleep 0.1; done

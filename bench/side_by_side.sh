@@ -11,7 +11,7 @@
 # peer ratios.
 #
 #   bench/side_by_side.sh A_BINARY B_BINARY [connections each, default 32] [seconds, default 20]
-#   MIX=statuses for the status-heavy mix
+#   MIX=statuses for the status-heavy mix; RUST_LOG for both servers (default info, the service's default)
 #
 # For example, the build before a change against the working tree:
 #   git stash && cargo build --release --bin ctwa-leads && cp target/release/ctwa-leads /tmp/a
@@ -47,7 +47,7 @@ token = "bench-api-token"
 access_token = "bench-graph-token"
 waba_id = "1"
 TOML
-  RUST_LOG=warn "$1" serve --config "$3/config.toml" >"$3/server.log" 2>&1 &
+  RUST_LOG="${RUST_LOG:-info}" "$1" serve --config "$3/config.toml" >"$3/server.log" 2>&1 &
   echo $!
 }
 load() { # port seconds [extra loadgen flags]

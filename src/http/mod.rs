@@ -9,6 +9,7 @@ pub mod id_paging;
 pub mod links;
 pub mod query;
 pub mod request_id;
+pub mod trace;
 
 use std::time::Duration;
 
@@ -24,7 +25,6 @@ use tower_http::request_id::{
     MakeRequestId, MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::{DefaultOnResponse, OnResponse, TraceLayer};
 use tracing::Level;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -35,6 +35,7 @@ use auth::BearerScheme;
 use error::ApiError;
 
 use request_id::REQUEST_ID;
+use trace::trace;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -74,9 +75,9 @@ pub fn router(state: AppState) -> Router {
     contract::refine(&mut doc);
     // Built once; only the conversion window (it moves with the clock) is set per request.
     let doc = std::sync::Arc::new(doc);
-    // Meta's deliveries arrive thousands a second: a 200's request line is DEBUG (they are
-    // counted in the metrics), anything else INFO.
-    let webhook = webhook.layer(trace(Level::INFO, Level::DEBUG));
+    // Meta's deliveries arrive thousands a second: their span and a 200's request line are
+    // DEBUG (they are counted in the metrics), any other response's line INFO.
+    let webhook = webhook.layer(trace::Deliveries);
     let served = Router::new()
         .merge(v1)
         .route(
@@ -116,60 +117,6 @@ pub fn router(state: AppState) -> Router {
                 )),
         )
         .with_state(state)
-}
-
-type Trace = TraceLayer<
-    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
-    fn(&Request) -> tracing::Span,
-    tower_http::trace::DefaultOnRequest,
-    ResponseLine,
->;
-
-/// Request tracing: the span and every response line at `level` (DEBUG or INFO), except a
-/// 2xx's line, which is at `ok`.
-fn trace(level: Level, ok: Level) -> Trace {
-    let make_span: fn(&Request) -> tracing::Span = if level == Level::DEBUG {
-        make_debug_span
-    } else {
-        make_span
-    };
-    TraceLayer::new_for_http()
-        .make_span_with(make_span)
-        .on_response(ResponseLine { ok, other: level })
-}
-
-/// The "finished processing request" line: at `ok` for a 2xx and at `other` for any other
-/// status, so a refused delivery shows at the default level while the steady stream of
-/// acknowledged ones can be quieter.
-#[derive(Clone, Copy)]
-struct ResponseLine {
-    ok: Level,
-    other: Level,
-}
-
-impl<B> OnResponse<B> for ResponseLine {
-    fn on_response(self, response: &http::Response<B>, latency: Duration, span: &tracing::Span) {
-        let level = if response.status().is_success() {
-            self.ok
-        } else {
-            self.other
-        };
-        DefaultOnResponse::new()
-            .level(level)
-            .on_response(response, latency, span);
-    }
-}
-
-/// The request span: method, route and request id. The route is the template
-/// (`/v1/contacts/{id}`), so a path parameter (a phone number to erase) never reaches a log
-/// line. Never the query string (the challenge carries the verify token) and never headers
-/// (they carry signatures and bearer tokens).
-fn make_span(req: &Request) -> tracing::Span {
-    tracing::info_span!("request", method = %req.method(), path = %route_of(req), request_id = %request_id::of(req))
-}
-
-fn make_debug_span(req: &Request) -> tracing::Span {
-    tracing::debug_span!("request", method = %req.method(), path = %route_of(req), request_id = %request_id::of(req))
 }
 
 /// The route of a request that matched none (a 404): one series and span value for all of them.

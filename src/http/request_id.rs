@@ -3,7 +3,7 @@
 //! any other value is dropped and a fresh UUID is made by `SetRequestIdLayer`.
 
 use axum::extract::Request;
-use axum::http::HeaderName;
+use axum::http::{HeaderMap, HeaderName};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -34,7 +34,12 @@ pub fn keep_only_safe_ids(request: &mut Request) {
 
 /// The request's id for its span (set by then).
 pub fn of(req: &Request) -> &str {
-    req.headers()
+    in_headers(req.headers())
+}
+
+/// The id among a request's headers, or `-`: for a log line that has no request span.
+pub fn in_headers(headers: &HeaderMap) -> &str {
+    headers
         .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")

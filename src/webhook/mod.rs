@@ -24,6 +24,7 @@ use crate::app::AppState;
 use crate::config::KeepRaw;
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::query::Params;
+use crate::http::request_id;
 use crate::leads::extract::{extract, ParseStatus};
 use crate::monitor::{self, Outcome};
 use crate::store::{hold_back_for, IngestError, Kind, LogRecord};
@@ -156,7 +157,7 @@ async fn receive(
             })?;
     let verified = state.verifier().verify(&headers, body).map_err(|err| {
         monitor::delivery(Outcome::BadSignature);
-        tracing::warn!(reason = %err, "refused an unsigned or forged delivery");
+        tracing::warn!(reason = %err, request_id = request_id::in_headers(&headers), "refused an unsigned or forged delivery");
         ApiError::client(
             StatusCode::UNAUTHORIZED,
             "invalid_signature",
@@ -177,7 +178,10 @@ async fn receive(
         (verified, extracted)
     };
     if extracted.status == ParseStatus::Invalid {
-        tracing::warn!("a verified delivery is not JSON; stored raw and flagged");
+        tracing::warn!(
+            request_id = request_id::in_headers(&headers),
+            "a verified delivery is not JSON; stored raw and flagged"
+        );
     }
     let ack = Ack {
         status: "ok",
