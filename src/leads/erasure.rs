@@ -29,7 +29,7 @@ const MAX_ID: usize = 128;
     params(("id" = String, Path, description = "The person's wa_id or business-scoped user_id")),
     responses(
         (status = 200, description = "What was removed (zero counts when nothing was stored)", body = Erased),
-        (status = 400, description = "An empty, over-long or non-UTF-8 id", body = ErrorEnvelope),
+        (status = 400, description = "An empty, over-long or non-UTF-8 id, or one with control characters", body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
         (status = 503, description = "The database did not answer; nothing was removed", body = ErrorEnvelope, headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
     )
@@ -44,6 +44,13 @@ async fn erase_contact(
         return Err(ApiError::bad_request(format!(
             "id: expected a wa_id or user_id of 1 to {MAX_ID} characters"
         )));
+    }
+    // No stored wa_id or user_id holds one (a NUL, a line break inside): a typo or a broken
+    // client, told so rather than answered with zero counts as if the person were erased.
+    if id.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "id: a wa_id or user_id has no control characters",
+        ));
     }
     let erased = state
         .store()

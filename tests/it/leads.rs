@@ -392,6 +392,29 @@ async fn bad_parameters_get_400_naming_them() {
 }
 
 #[tokio::test]
+async fn an_erasure_of_a_malformed_id_gets_400_naming_it_and_removes_nothing() {
+    let app = spawn_app().await;
+    let body = one_lead("wamid.kept");
+    assert_eq!(app.deliver(&body).await.status(), 200);
+    for path in [
+        "/v1/contacts/%00",
+        "/v1/contacts/49151%0A00",
+        "/v1/contacts/%20%20",
+        "/v1/contacts/%FF",
+    ] {
+        let res = app.delete(path).await;
+        assert_eq!(res.status(), 400, "{path}");
+        let err: Value = res.json().await.unwrap();
+        assert!(
+            err["error"]["message"].as_str().unwrap().contains("id"),
+            "{path}: {err}"
+        );
+    }
+    let leads = app.get_json("/v1/leads").await;
+    assert_eq!(leads["data"].as_array().unwrap().len(), 1, "{leads}");
+}
+
+#[tokio::test]
 async fn csv_export_round_trips_awkward_names() {
     let app = spawn_app().await;
     let awkward = "Smith, \"Jo\"\nsecond line";
