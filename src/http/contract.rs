@@ -314,7 +314,9 @@ pub fn refine(doc: &mut Value) {
         "delete",
         "id",
         true,
-        json!({"type": "string", "minLength": 1, "maxLength": 128, "pattern": NOT_BLANK}),
+        // No control character anywhere, and one character that is not a space.
+        json!({"type": "string", "minLength": 1, "maxLength": 128,
+               "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*[^ \\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"}),
     );
 
     conversion_bodies(doc);

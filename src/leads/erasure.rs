@@ -39,18 +39,18 @@ async fn erase_contact(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Erased>, ApiError> {
     let Path(id) = id?;
-    let id = id.trim_matches([' ', '\t', '\r', '\n']).to_owned();
-    if id.is_empty() || id.chars().count() > MAX_ID {
-        return Err(ApiError::bad_request(format!(
-            "id: expected a wa_id or user_id of 1 to {MAX_ID} characters"
-        )));
-    }
-    // No stored wa_id or user_id holds one (a NUL, a line break inside): a typo or a broken
+    // No stored wa_id or user_id holds one (a NUL, a tab, a line break): a typo or a broken
     // client, told so rather than answered with zero counts as if the person were erased.
     if id.chars().any(char::is_control) {
         return Err(ApiError::bad_request(
             "id: a wa_id or user_id has no control characters",
         ));
+    }
+    let id = id.trim_matches(' ').to_owned();
+    if id.is_empty() || id.chars().count() > MAX_ID {
+        return Err(ApiError::bad_request(format!(
+            "id: expected a wa_id or user_id of 1 to {MAX_ID} characters"
+        )));
     }
     let erased = state
         .store()

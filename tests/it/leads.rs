@@ -399,6 +399,7 @@ async fn an_erasure_of_a_malformed_id_gets_400_naming_it_and_removes_nothing() {
     for path in [
         "/v1/contacts/%00",
         "/v1/contacts/49151%0A00",
+        "/v1/contacts/%094915100000001",
         "/v1/contacts/%20%20",
         "/v1/contacts/%FF",
     ] {
