@@ -12,6 +12,10 @@ use crate::graph::templates::{
 };
 use crate::graph::{MAX_SAFE_INTEGER, NOT_BLANK};
 
+/// The control characters (`char::is_control`: C0, DEL and C1), as the inside of a regex
+/// character class.
+const CONTROL: &str = "\\x00-\\x1f\\x7f-\\x9f";
+
 /// One of `values`, in any letter case (the validators compare upper-cased).
 fn ci_alternatives(values: &[&str]) -> String {
     values
@@ -316,7 +320,7 @@ pub fn refine(doc: &mut Value) {
         true,
         // No control character anywhere, and one character that is not a space.
         json!({"type": "string", "minLength": 1, "maxLength": 128,
-               "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*[^ \\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"}),
+               "pattern": format!("^[^{CONTROL}]*[^ {CONTROL}][^{CONTROL}]*$")}),
     );
 
     conversion_bodies(doc);
@@ -358,7 +362,7 @@ fn conversion_bodies(doc: &mut Value) {
         props["value"]["maximum"] = json!(crate::capi::MAX_VALUE);
         props["event_id"]["minLength"] = json!(1);
         props["event_id"]["maxLength"] = json!(crate::capi::MAX_EVENT_ID);
-        props["event_id"]["pattern"] = json!("^[^\\x00-\\x1f\\x7f-\\x9f]*$");
+        props["event_id"]["pattern"] = json!(format!("^[^{CONTROL}]*$"));
         props["event_time"]["type"] = json!(["integer", "null"]);
         if let Some(clid) = props.get_mut("ctwa_clid") {
             clid["pattern"] = json!(NOT_BLANK);
