@@ -227,15 +227,10 @@ fn kind_of(status: StatusCode) -> &'static str {
 /// extractor's `text/plain` rejection. Its headers (`Allow`, `Retry-After`) are kept, and a
 /// short plain-text body becomes the message.
 pub async fn envelope_every_error(response: Response) -> Response {
-    let status = response.status();
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+    if !lacks_envelope(&response) {
         return response;
     }
+    let status = response.status();
     let (mut parts, body) = response.into_parts();
     let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
     let text = std::str::from_utf8(&text).unwrap_or_default().trim();
@@ -258,6 +253,18 @@ pub async fn envelope_every_error(response: Response) -> Response {
         header::HeaderValue::from_static("application/json"),
     );
     Response::from_parts(parts, fresh.into_body())
+}
+
+/// Whether `response` is an error that [`envelope_every_error`] would rewrite: a 4xx or 5xx
+/// that is not JSON.
+pub fn lacks_envelope(response: &Response) -> bool {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    (status.is_client_error() || status.is_server_error()) && !is_json
 }
 
 /// Longest request target we read (path and query). hyper itself refuses targets over 64 KiB

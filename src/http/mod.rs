@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod contract;
 pub mod error;
+pub mod front;
 pub mod id_paging;
 pub mod links;
 pub mod query;
@@ -21,9 +22,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{
-    MakeRequestId, MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tracing::Level;
 use utoipa::OpenApi;
@@ -103,9 +102,7 @@ pub fn router(state: AppState) -> Router {
         .merge(probes)
         .layer(
             ServiceBuilder::new()
-                // A `from_fn` layer boxes and clones the service stack per request, so the
-                // small per-request steps share one.
-                .layer(middleware::from_fn(front))
+                .layer(front::Front)
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .layer(CatchPanicLayer::custom(on_panic))
@@ -128,42 +125,6 @@ fn matched_path(req: &Request) -> Option<&axum::extract::MatchedPath> {
 
 fn route_of(req: &Request) -> &str {
     matched_path(req).map_or(UNMATCHED, |p| p.as_str())
-}
-
-/// The outermost step of every request, in one layer:
-/// - drops an unsafe caller request id before the id layer runs;
-/// - refuses a request target over `error::MAX_URI_BYTES` (414) before anything reads it;
-/// - gives every error the envelope, whoever made it (axum's 405, a rejection, the time-out);
-/// - counts the request by route template (never the raw path, which would make a series per
-///   lead id), method and status, with its latency.
-async fn front(mut request: Request, next: middleware::Next) -> Response {
-    request_id::keep_only_safe_ids(&mut request);
-    let started = std::time::Instant::now();
-    // The template, shared with the router (an `Arc`), not copied.
-    let route = matched_path(&request).cloned();
-    let method = request.method().clone();
-    let response = match error::refuse_long_uri(&request) {
-        // Refused before the id layer: the caller's id, or one from the same generator.
-        Some(mut refused) => {
-            let id = request.headers().get(&REQUEST_ID).cloned().or_else(|| {
-                MakeRequestUuid
-                    .make_request_id(&request)
-                    .map(RequestId::into_header_value)
-            });
-            if let Some(id) = id {
-                refused.headers_mut().insert(REQUEST_ID, id);
-            }
-            refused
-        }
-        None => error::envelope_every_error(next.run(request).await).await,
-    };
-    crate::monitor::http_request(
-        route.as_ref().map_or(UNMATCHED, |p| p.as_str()),
-        method.as_str(),
-        response.status().as_u16(),
-        started.elapsed(),
-    );
-    response
 }
 
 fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
