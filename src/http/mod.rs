@@ -74,9 +74,24 @@ pub fn router(state: AppState) -> Router {
     contract::refine(&mut doc);
     // Built once; only the conversion window (it moves with the clock) is set per request.
     let doc = std::sync::Arc::new(doc);
+    // Every route gets the same outer stack. `Router::layer` wraps each route in one more boxed
+    // service, cloned per request, so `/webhook`, thousands a second, is layered once with the
+    // whole stack and its own tracing; the other routes keep their tracing as a layer of its own
+    // (tower-http's response body cannot go under the timeout's).
+    let outer = ServiceBuilder::new()
+        .layer(front::Front)
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(CatchPanicLayer::custom(on_panic))
+        // A deadline for reading the body and answering (a streamed export's body is not held
+        // to it). A client that trickles its body gets 408.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            state.request_timeout(),
+        ));
     // Meta's deliveries arrive thousands a second: their span and a 200's request line are
     // DEBUG (they are counted in the metrics), any other response's line INFO.
-    let webhook = webhook.layer(trace::Deliveries);
+    let webhook = webhook.layer(outer.clone().layer(trace::Deliveries));
     let served = Router::new()
         .merge(v1)
         .route(
@@ -93,26 +108,14 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .fallback(error::fallback)
-        .layer(trace(Level::INFO, Level::INFO));
+        .layer(trace(Level::INFO, Level::INFO))
+        .layer(outer.clone());
     // Probes answer every few seconds: their request lines are DEBUG, not INFO.
-    let probes = probes.layer(trace(Level::DEBUG, Level::DEBUG));
+    let probes = probes.layer(trace(Level::DEBUG, Level::DEBUG)).layer(outer);
     Router::new()
         .merge(served)
         .merge(webhook)
         .merge(probes)
-        .layer(
-            ServiceBuilder::new()
-                .layer(front::Front)
-                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                .layer(CatchPanicLayer::custom(on_panic))
-                // A deadline for reading the body and answering (a streamed export's body is
-                // not held to it). A client that trickles its body gets 408.
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::REQUEST_TIMEOUT,
-                    state.request_timeout(),
-                )),
-        )
         .with_state(state)
 }
 

@@ -9,7 +9,7 @@ pub mod payload;
 pub mod verify;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -34,10 +34,10 @@ use admission::BodyError;
 const LARGE_BODY: usize = 64 * 1024;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    // The body is read by `admission`, which enforces the size limit itself.
-    OpenApiRouter::new()
-        .routes(routes!(challenge, receive))
-        .layer(DefaultBodyLimit::disable())
+    // The body is taken as a plain `Body` (no extractor limit applies to it) and read by
+    // `admission`, which enforces the size limit itself. No layer here: each `Router::layer`
+    // wraps every route in one more boxed service, cloned for each delivery.
+    OpenApiRouter::new().routes(routes!(challenge, receive))
 }
 
 /// Answers Meta's subscription check with `hub.challenge` when mode and token match.
