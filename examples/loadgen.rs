@@ -442,7 +442,10 @@ async fn main() {
         return;
     }
     if args.prefill > 0 {
-        prefill(&client, &url, &args.secret, args.prefill, nonce).await;
+        if let Err(err) = prefill(&client, &url, &args.secret, args.prefill, nonce).await {
+            eprintln!("prefill failed: {err}");
+            std::process::exit(1);
+        }
         wait_caught_up(&client, &args.url).await;
     }
     let interval =
@@ -583,8 +586,16 @@ async fn wait_caught_up(client: &reqwest::Client, base: &str) {
     }
 }
 
-/// Stores `leads` leads in deliveries of 1,000 referral messages, 4 at a time.
-async fn prefill(client: &reqwest::Client, url: &str, secret: &str, leads: usize, nonce: u64) {
+/// Stores `leads` leads in deliveries of 1,000 referral messages, 4 at a time. A delivery is
+/// tried 20 times, 200 ms apart (a 503 while the projection catches up is expected); past that
+/// the error names the last answer.
+async fn prefill(
+    client: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    leads: usize,
+    nonce: u64,
+) -> Result<(), String> {
     let started = Instant::now();
     let batches = leads.div_ceil(1000);
     let mut rng = Rng(nonce ^ 0xfeed);
@@ -614,6 +625,7 @@ async fn prefill(client: &reqwest::Client, url: &str, secret: &str, leads: usize
         let client = client.clone();
         let url = url.to_owned();
         pending.push(tokio::spawn(async move {
+            let mut last = String::new();
             for _ in 0..20 {
                 let res = client
                     .post(&url)
@@ -622,27 +634,32 @@ async fn prefill(client: &reqwest::Client, url: &str, secret: &str, leads: usize
                     .body(body.clone())
                     .send()
                     .await;
-                if matches!(&res, Ok(r) if r.status() == 200) {
-                    return;
+                match res {
+                    Ok(r) if r.status() == 200 => return Ok(()),
+                    Ok(r) => last = format!("HTTP {}", r.status()),
+                    Err(err) => last = err.to_string(),
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            panic!("a prefill delivery was refused 20 times");
+            Err(format!(
+                "delivery {p} of {batches} was refused 20 times, last: {last}"
+            ))
         }));
         if pending.len() >= 4 {
             for t in pending.drain(..) {
-                t.await.expect("prefill");
+                t.await.map_err(|err| err.to_string())??;
             }
         }
     }
     for t in pending {
-        t.await.expect("prefill");
+        t.await.map_err(|err| err.to_string())??;
     }
     println!(
         "prefilled {} leads in {:.1} s",
         batches * 1000,
         started.elapsed().as_secs_f64()
     );
+    Ok(())
 }
 
 /// Acknowledgement latency of 1000-message deliveries (about 1 MB each), sent one at a time.
