@@ -587,7 +587,7 @@ async fn wait_caught_up(client: &reqwest::Client, base: &str) {
 }
 
 /// Stores `leads` leads in deliveries of 1,000 referral messages, 4 at a time. A delivery is
-/// tried 20 times, 200 ms apart (a 503 while the projection catches up is expected); past that
+/// tried 20 times, 200 ms apart (a server that sheds load answers 503); past that
 /// the error names the last answer.
 async fn prefill(
     client: &reqwest::Client,
