@@ -19,11 +19,18 @@ pub struct NewDetected {
     pub custom_data: Option<String>,
 }
 
-/// The events of one `automatic_events` change value, and how many items were unreadable
-/// (no `id` or `event_name`). Never logs values.
-pub fn read(value: &str, waba_id: Option<&str>) -> Result<(Vec<NewDetected>, usize), String> {
-    let value: Value = serde_json::from_str(value).map_err(|e| format!("{:?}", e.classify()))?;
-    let Some(items) = value.get("automatic_events").and_then(Value::as_array) else {
+/// The events of one `automatic_events` change (`events`: the JSON text of its value's
+/// `automatic_events`, if it has one), and how many items were unreadable (no `id` or
+/// `event_name`). Never logs values.
+pub fn read(
+    events: Option<&str>,
+    waba_id: Option<&str>,
+) -> Result<(Vec<NewDetected>, usize), String> {
+    let Some(events) = events else {
+        return Err("no automatic_events array".into());
+    };
+    let events: Value = serde_json::from_str(events).map_err(|e| format!("{:?}", e.classify()))?;
+    let Some(items) = events.as_array() else {
         return Err("no automatic_events array".into());
     };
     let mut out = Vec::with_capacity(items.len());
@@ -60,16 +67,14 @@ mod tests {
 
     #[test]
     fn reads_meta_s_reference_shape() {
-        let value = r#"{"messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "15550001111", "phone_number_id": "106540352242922"},
-            "automatic_events": [
+        let events = r#"[
               {"id": "wamid.HBgL1", "event_name": "Purchase", "timestamp": 1763800000,
                "ctwa_clid": "ARAkLkA8", "custom_data": {"currency": "USD", "value": 25.5}},
               {"id": "wamid.HBgL2", "event_name": "LeadSubmitted", "timestamp": "1763800100",
                "ctwa_clid": "ARAkLkA9"},
               {"event_name": "Purchase"}
-            ]}"#;
-        let (events, unreadable) = read(value, Some("102290129340398")).unwrap();
+            ]"#;
+        let (events, unreadable) = read(Some(events), Some("102290129340398")).unwrap();
         assert_eq!(unreadable, 1);
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].event_name, "Purchase");
@@ -80,6 +85,7 @@ mod tests {
         assert_eq!(custom["value"], 25.5);
         assert_eq!(events[1].event_time, Some(1_763_800_100));
         assert_eq!(events[1].custom_data, None);
-        assert!(read("{}", None).is_err());
+        assert!(read(Some("{}"), None).is_err(), "not an array");
+        assert!(read(None, None).is_err(), "no automatic_events");
     }
 }

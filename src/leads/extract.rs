@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::packed::PackedLead;
 use crate::webhook::payload::{
-    Contact, Delivery, Field, Found, List, Message, MessagesValue, Obj, Referral,
+    ChangeValue, Contact, Delivery, Field, Found, List, Message, Obj, Referral,
 };
 
 /// One lead: owned (`String`, the default), or borrowed from the parsed body (`&str`) while
@@ -255,9 +255,14 @@ pub fn extract(body: &[u8]) -> Extracted {
             };
             if change.field.as_str() == Some("automatic_events") {
                 report.out.other += 1;
-                let read = change
-                    .value
-                    .map(|raw| super::detected::read(raw.get(), waba_id));
+                let read = match &change.value {
+                    Obj::Absent => None,
+                    Obj::Some(value) => Some(super::detected::read(
+                        value.automatic_events.map(|raw| raw.get()),
+                        waba_id,
+                    )),
+                    Obj::Odd(_) => Some(super::detected::read(None, waba_id)),
+                };
                 match read {
                     Some(Ok((events, unreadable))) => {
                         if unreadable > 0 {
@@ -278,28 +283,15 @@ pub fn extract(body: &[u8]) -> Extracted {
                 report.out.other += 1;
                 continue;
             }
-            let Some(raw) = change.value else {
+            let at = || format!("entry[{ei}].changes[{ci}].value");
+            if let Some(value) = report.obj(&change.value, at) {
+                report.out.statuses += value.statuses.items.len();
+                if value.messages.items.is_empty() && value.statuses.items.is_empty() {
+                    report.out.other += 1;
+                }
+                extract_value(waba_id, value, &mut report, &at);
+            } else {
                 report.out.other += 1;
-                continue;
-            };
-            let canonical = OnceCell::new();
-            match parse::<Obj<MessagesValue<'_>>>(raw.get(), &canonical) {
-                Ok(value) => {
-                    let at = || format!("entry[{ei}].changes[{ci}].value");
-                    if let Some(value) = report.obj(&value, at) {
-                        report.out.statuses += value.statuses.items.len();
-                        if value.messages.items.is_empty() && value.statuses.items.is_empty() {
-                            report.out.other += 1;
-                        }
-                        extract_value(waba_id, value, &mut report, &at);
-                    } else {
-                        report.out.other += 1;
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(path = %format!("entry[{ei}].changes[{ci}].value"), kind = ?err.classify(), "a messages change could not be read");
-                    report.out.status = ParseStatus::Partial;
-                }
             }
         }
     }
@@ -319,7 +311,7 @@ fn invalid() -> Extracted {
 
 fn extract_value(
     waba_id: Option<&str>,
-    value: &MessagesValue<'_>,
+    value: &ChangeValue<'_>,
     report: &mut Report<'_>,
     at: &dyn Fn() -> String,
 ) {

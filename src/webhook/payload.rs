@@ -236,14 +236,17 @@ pub struct Entry<'a> {
 pub struct Change<'a> {
     #[serde(borrow, default)]
     pub field: Field<'a>,
-    /// Parsed as [`MessagesValue`] only when `field` is `messages`.
+    /// Read in the same pass as the rest of the delivery, whatever `field` says: Meta sends
+    /// `value` before `field`, and lexing it once to skip it and again to read it cost a
+    /// second pass over most of the body. What is read depends on `field` (`leads::extract`).
     #[serde(borrow, default)]
-    pub value: Option<&'a RawValue>,
+    pub value: Obj<ChangeValue<'a>>,
 }
 
-/// The `value` of a `messages` change.
+/// The `value` of a change: the shape of a `messages` change, and the events of an
+/// `automatic_events` one (kept as JSON text, read by `leads::detected`).
 #[derive(Debug, Default, Deserialize)]
-pub struct MessagesValue<'a> {
+pub struct ChangeValue<'a> {
     #[serde(borrow, default)]
     pub metadata: Obj<Metadata<'a>>,
     #[serde(borrow, default)]
@@ -252,6 +255,8 @@ pub struct MessagesValue<'a> {
     pub messages: List<Obj<Message<'a>>>,
     #[serde(default)]
     pub statuses: List<IgnoredAny>,
+    #[serde(borrow, default)]
+    pub automatic_events: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -367,7 +372,7 @@ mod tests {
 
     #[test]
     fn lists_of_the_wrong_shape_are_odd_and_empty() {
-        let v: MessagesValue<'_> =
+        let v: ChangeValue<'_> =
             serde_json::from_str(r#"{"messages": {"id": "x"}, "contacts": "c"}"#).unwrap();
         assert!(v.messages.items.is_empty());
         assert_eq!(v.messages.odd, Some("an object"));
