@@ -687,6 +687,32 @@ mod tests {
     }
 
     #[test]
+    fn detected_events_are_read_in_the_same_pass_whatever_the_key_order() {
+        // `value` before `field` (Meta's order), after it, and with a duplicate key beside the
+        // events (the whole delivery then takes the last-wins fallback).
+        for body in [
+            r#"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"value":{"automatic_events":[{"id":"wamid.E","event_name":"Purchase"}]},"field":"automatic_events"}]}]}"#,
+            r#"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"automatic_events","value":{"automatic_events":[{"id":"wamid.E","event_name":"Purchase"}]}}]}]}"#,
+            r#"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"value":{"x":1,"x":2,"automatic_events":[{"id":"wamid.E","event_name":"Purchase"}]},"field":"automatic_events"}]}]}"#,
+        ] {
+            let out = extract(body.as_bytes());
+            assert_eq!(out.status, ParseStatus::Parsed, "{body}");
+            assert_eq!(out.detected.len(), 1, "{body}");
+            assert_eq!(out.detected[0].id, "wamid.E");
+            assert_eq!(out.detected[0].waba_id.as_deref(), Some("W"));
+        }
+        // A value that is not an object, or has no events: flagged, nothing read.
+        for value in [r#""x""#, r#"{"messages":[]}"#] {
+            let body = format!(
+                r#"{{"object":"whatsapp_business_account","entry":[{{"id":"W","changes":[{{"value":{value},"field":"automatic_events"}}]}}]}}"#
+            );
+            let out = extract(body.as_bytes());
+            assert_eq!(out.status, ParseStatus::Partial, "{body}");
+            assert!(out.detected.is_empty());
+        }
+    }
+
+    #[test]
     fn non_json_and_foreign_objects_yield_no_leads() {
         assert_eq!(extract(b"not json").status, ParseStatus::Invalid);
         assert_eq!(extract(&[0xff, 0xfe]).status, ParseStatus::Invalid);
