@@ -255,13 +255,13 @@ pub fn extract(body: &[u8]) -> Extracted {
             };
             if change.field.as_str() == Some("automatic_events") {
                 report.out.other += 1;
+                // A value that is not an object has no events, and `read` says so.
                 let read = match &change.value {
                     Obj::Absent => None,
-                    Obj::Some(value) => Some(super::detected::read(
-                        value.automatic_events.map(|raw| raw.get()),
-                        waba_id,
-                    )),
-                    Obj::Odd(_) => Some(super::detected::read(None, waba_id)),
+                    value => {
+                        let events = value.get().and_then(|v| v.automatic_events);
+                        Some(super::detected::read(events.map(|raw| raw.get()), waba_id))
+                    }
                 };
                 match read {
                     Some(Ok((events, unreadable))) => {
