@@ -117,12 +117,8 @@ pub fn pack(raw: &[u8]) -> (i64, Vec<u8>) {
     }
 }
 
-/// A stored body, as it was received.
-pub fn unpack(codec: i64, body: Vec<u8>) -> std::io::Result<Vec<u8>> {
-    Unpacker::new().unpack(codec, body)
-}
-
-/// Unpacks many bodies with the same decompression contexts (the projector's).
+/// Unpacks stored bodies. Keep one for a run of bodies (the projector, a reextract or erasure
+/// scan): a decompression context is costly to make, and is made on first use, once per codec.
 pub struct Unpacker {
     plain: Option<zstd::bulk::Decompressor<'static>>,
     meta_v1: Option<zstd::bulk::Decompressor<'static>>,
@@ -174,7 +170,7 @@ mod tests {
     fn bodies_round_trip_through_the_dictionary() {
         let (codec, packed) = pack(STATUS);
         assert_eq!(codec, ZSTD_META_V1);
-        assert_eq!(unpack(codec, packed).unwrap(), STATUS);
+        assert_eq!(Unpacker::new().unpack(codec, packed).unwrap(), STATUS);
         // Incompressible input is stored as it is.
         assert_eq!(pack(b"x"), (RAW, b"x".to_vec()));
     }
@@ -210,7 +206,7 @@ mod tests {
     fn the_shipped_dictionary_is_frozen() {
         use sha2::Digest;
         let frame = hex::decode(FROZEN_FRAME).unwrap();
-        assert_eq!(unpack(ZSTD_META_V1, frame).unwrap(), STATUS);
+        assert_eq!(Unpacker::new().unpack(ZSTD_META_V1, frame).unwrap(), STATUS);
         assert_eq!(
             hex::encode(sha2::Sha256::digest(META_V1.as_bytes())),
             "b7e02e0a4cd1e216244251d93066972369d6b0740462490b25d42c5752a372fd"

@@ -13,7 +13,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 use super::codec;
-pub use super::codec::{unpack, Unpacker};
+pub use super::codec::Unpacker;
 use crate::leads::packed::PackedLead;
 
 use crate::leads::detected::NewDetected;

@@ -13,7 +13,7 @@ use rusqlite::{params, Connection};
 use sqlx::SqliteConnection;
 use tokio_util::sync::CancellationToken;
 
-use super::log::{status_code, status_from_code, unpack, Kind, LogRecord, Progress};
+use super::log::{status_code, status_from_code, Kind, LogRecord, Progress, Unpacker};
 use super::projector::{insert_leads, set_watermark};
 use super::seen::Seen;
 use super::writer::open_connection;
@@ -63,6 +63,8 @@ fn reextract_blocking(
     let mut report = ReextractReport::default();
     let mut after_id = 0_i64;
     let mut seen = Seen::load(leads)?;
+    // One decompression context for the whole scan, not one per entry (see `erase_raw`).
+    let mut unpacker = Unpacker::new();
     loop {
         let rows: Vec<(i64, i64, i64, i64, Vec<u8>)> = log
             .prepare_cached(
@@ -90,7 +92,7 @@ fn reextract_blocking(
         seen = seen.refresh(&tx)?;
         let mut restatus = Vec::new();
         for (id, received_at, status, codec, body) in rows {
-            let raw = match unpack(codec, body) {
+            let raw = match unpacker.unpack(codec, body) {
                 Ok(raw) => raw,
                 Err(err) => {
                     tracing::error!(id, %err, "a log entry could not be unpacked; skipped");

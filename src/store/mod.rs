@@ -485,9 +485,10 @@ impl Store {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                 })?
                 .collect::<rusqlite::Result<_>>()?;
+            let mut unpacker = log::Unpacker::new();
             rows.into_iter()
                 .map(|(id, status, count, codec, body)| {
-                    let body = log::unpack(codec, body)?;
+                    let body = unpacker.unpack(codec, body)?;
                     Ok((
                         id,
                         log::status_from_code(status).as_str().to_owned(),
