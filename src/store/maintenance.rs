@@ -4,6 +4,7 @@
 //! batches, and [`move_legacy_events`] moves raw deliveries that earlier versions kept in the
 //! leads database into the log, once. None of them ever deletes a lead.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -65,34 +66,30 @@ fn reextract_blocking(
     let mut seen = Seen::load(leads)?;
     // One decompression context for the whole scan, not one per entry (see `erase_raw`).
     let mut unpacker = Unpacker::new();
+    let mut ahead = StoredAhead::default();
     loop {
-        let rows: Vec<(i64, i64, i64, i64, Vec<u8>)> = log
-            .prepare_cached(
-                "SELECT id, received_at, status, codec, body FROM log \
-                 WHERE id > ?1 AND received_at >= ?2 ORDER BY id LIMIT ?3",
-            )?
-            .query_map(
-                params![after_id, since_ms.unwrap_or(i64::MIN), REEXTRACT_PAGE],
-                |row| {
-                    Ok((
-                        row.get(0)?,
-                        row.get(1)?,
-                        row.get(2)?,
-                        row.get(3)?,
-                        row.get(4)?,
-                    ))
-                },
-            )?
-            .collect::<rusqlite::Result<_>>()?;
-        let Some(last) = rows.last() else { break };
-        after_id = last.0;
         // Immediate: the wamids are checked and inserted under the write lock, so a running
         // server's projector cannot store one of them in between.
         let tx = leads.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         seen = seen.refresh(&tx)?;
         let mut restatus = Vec::new();
-        for (id, received_at, status, codec, body) in rows {
-            let raw = match unpacker.unpack(codec, body) {
+        let mut entries = 0;
+        // Streamed, not collected: a page of 1000-message batches is hundreds of MB.
+        let mut stmt = log.prepare_cached(
+            "SELECT id, received_at, status, codec, body FROM log \
+             WHERE id > ?1 AND received_at >= ?2 ORDER BY id LIMIT ?3",
+        )?;
+        let mut rows = stmt.query(params![
+            after_id,
+            since_ms.unwrap_or(i64::MIN),
+            REEXTRACT_PAGE
+        ])?;
+        while let Some(row) = rows.next()? {
+            let (id, received_at, status, codec): (i64, i64, i64, i64) =
+                (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
+            after_id = id;
+            entries += 1;
+            let raw = match unpacker.unpack(codec, row.get(4)?) {
                 Ok(raw) => raw,
                 Err(err) => {
                     tracing::error!(id, %err, "a log entry could not be unpacked; skipped");
@@ -100,11 +97,14 @@ fn reextract_blocking(
                 }
             };
             let extracted = extract(&raw);
-            let rows = extracted
+            let stored = ahead.read(&tx, id)?;
+            let leads = extracted
                 .leads
                 .iter()
-                .map(|lead| (id, received_at, lead.view()));
-            report.new_leads += insert_leads(&tx, rows, routes, &mut seen)?.leads;
+                .map(|lead| lead.view())
+                .filter(|lead| !stored.contains(lead.wamid()))
+                .map(|lead| (id, received_at, lead));
+            report.new_leads += insert_leads(&tx, leads, routes, &mut seen)?.leads;
             super::conversions::insert_detected(&tx, &extracted.detected, received_at)?;
             if status_from_code(status) != extracted.status {
                 let count = extracted.leads.len() + extracted.detected.len();
@@ -112,7 +112,12 @@ fn reextract_blocking(
             }
             report.events += 1;
         }
+        drop(rows);
+        drop(stmt);
         tx.commit()?;
+        if entries == 0 {
+            break;
+        }
         for (id, status, count) in restatus {
             log.prepare_cached("UPDATE log SET status = ?1, lead_count = ?2 WHERE id = ?3")?
                 .execute(params![status_code(status), count as i64, id])?;
@@ -120,6 +125,43 @@ fn reextract_blocking(
         }
     }
     Ok(report)
+}
+
+/// The wamids already stored for each log entry, read by walking `leads` in id order.
+///
+/// The projector stores leads in log order, so the leads of consecutive log entries have
+/// consecutive ids, and a cursor moved forward entry by entry reads each entry's stored wamids
+/// in one sequential pass over the table. Without it every lead of a reextract, almost all of
+/// them stored already, took the look-up a re-delivery takes: a search of every id range of the
+/// `wamid` index. It only ever answers "stored" for a wamid it read from the table in the
+/// page's transaction; a lead it did not meet (stored out of log order, or not stored) takes
+/// that look-up as before, so it makes reextract faster and never changes what it stores.
+#[derive(Default)]
+struct StoredAhead {
+    /// The id of the last lead read.
+    after: i64,
+}
+
+impl StoredAhead {
+    /// Reads on from the cursor up to the first lead of a later entry than `event`; returns
+    /// the wamids of the leads of `event` (those of earlier entries are passed over).
+    fn read(&mut self, conn: &Connection, event: i64) -> rusqlite::Result<HashSet<String>> {
+        let mut stmt =
+            conn.prepare_cached("SELECT id, event_id, wamid FROM leads WHERE id > ?1 ORDER BY id")?;
+        let mut rows = stmt.query(params![self.after])?;
+        let mut stored = HashSet::new();
+        while let Some(row) = rows.next()? {
+            let event_id: i64 = row.get(1)?;
+            if event_id > event {
+                break;
+            }
+            self.after = row.get(0)?;
+            if event_id == event {
+                stored.insert(row.get(2)?);
+            }
+        }
+        Ok(stored)
+    }
 }
 
 /// Deletes up to [`PRUNE_BATCH`] log entries received before `cutoff_ms` and already projected
@@ -241,4 +283,34 @@ pub fn move_legacy_events(leads_path: &Path, log_path: &Path) -> Result<u64, Sto
     log.close().map_err(|(_, err)| err)?;
     leads.close().map_err(|(_, err)| err)?;
     Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_ahead_reads_each_entrys_wamids_once_and_stops_at_a_later_entry() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE leads (id INTEGER PRIMARY KEY, event_id INTEGER NOT NULL, wamid TEXT);
+             INSERT INTO leads VALUES (1, 1, 'a'), (2, 1, 'b'), (3, 2, 'c'), (4, 4, 'd'),
+               (5, 5, 'e'),
+               -- stored after the others, from an earlier entry (as reextract stores one)
+               (6, 2, 'g');",
+        )
+        .unwrap();
+        let set = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<HashSet<_>>();
+        let mut ahead = StoredAhead::default();
+        assert_eq!(ahead.read(&conn, 1).unwrap(), set(&["a", "b"]));
+        assert_eq!(ahead.read(&conn, 2).unwrap(), set(&["c"]));
+        // Entry 3 has no lead; the lead of entry 4 stays unread for it.
+        assert_eq!(ahead.read(&conn, 3).unwrap(), set(&[]));
+        assert_eq!(ahead.after, 3);
+        assert_eq!(ahead.read(&conn, 4).unwrap(), set(&["d"]));
+        // 'g' is met after its entry: not reported, so it takes the look-up.
+        assert_eq!(ahead.read(&conn, 5).unwrap(), set(&["e"]));
+        assert_eq!(ahead.read(&conn, 6).unwrap(), set(&[]));
+        assert_eq!(ahead.after, 6);
+    }
 }
