@@ -33,6 +33,8 @@ fn main() -> std::process::ExitCode {
 ///   10 s at 5,000 deliveries/s, peak RSS 55–58 MB instead of 61–65 MB (three runs each).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod allocator {
+    use std::time::Duration;
+
     /// Enough for the threads that allocate on the hot path (see "Arenas" above).
     const ARENAS_PER_CORE: usize = 4;
 
@@ -66,32 +68,88 @@ mod allocator {
         }
     }
 
-    /// How often freed memory goes back to the kernel (see [`trim_periodically`]).
-    const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+    /// How often the trim thread looks at the process (see [`trim_periodically`]).
+    const TRIM_CHECK_EVERY: Duration = Duration::from_secs(1);
+    /// Resident memory above which freed pages go back even under load.
+    const TRIM_ABOVE_BYTES: u64 = 48 << 20;
+    /// CPU time of the whole process over one check below which it counts as idle (2% of a
+    /// core; an idle server uses well under 1%).
+    const IDLE_CPU: Duration = Duration::from_millis(20);
+    /// Growth since the last trim that an idle process hands back.
+    const IDLE_GROWTH_BYTES: u64 = 1 << 20;
 
-    /// Hands the free pages of every arena back to the kernel every [`TRIM_EVERY`], on a
-    /// thread of its own. glibc returns only the free top of a heap by itself; pages freed
-    /// in the middle of an arena (a finished export's rows, a request's buffers, the filter
-    /// of wamids the projector replaced) stay resident until `malloc_trim` releases them.
-    /// On a database of 2M leads under 64 connections, one trim took RSS from 51 MB to 42 MB,
-    /// and an idle server after the load from 47 MB to 37 MB; trimming every second held the
-    /// load at 42–47 MB instead of 56–61, at the same CPU per delivery (README, *Freed memory
-    /// goes back*).
+    /// Hands the free pages of every arena back to the kernel, from a thread of its own: once
+    /// the process is idle (it used under [`IDLE_CPU`] in the last second) after its resident
+    /// memory grew, and at once whenever it is over [`TRIM_ABOVE_BYTES`]. glibc returns only
+    /// the free top of a heap by itself; pages freed in the middle of an arena (a finished
+    /// export's rows, a request's buffers, the filter of wamids the projector replaced) stay
+    /// resident until `malloc_trim` releases them: after a load on a database of 2M leads, one
+    /// trim took an idle server from 47 MB to 37 MB. Until 2026-12-06 it trimmed every second,
+    /// load or not; but a trim holds each arena's lock while it walks that arena (0.8–7 ms at
+    /// 64 connections), and the pages it hands back fault in again. Under load RSS now stays
+    /// within its bound without those trims (README, *Freed memory goes back*, and the
+    /// measurements of 2026-12-06 night in *What bounds it*).
     pub fn trim_periodically() {
         // A thread that cannot start only costs the saving.
         let _ = std::thread::Builder::new()
             .name("malloc-trim".into())
             .stack_size(64 * 1024)
-            .spawn(|| loop {
-                std::thread::sleep(TRIM_EVERY);
-                // SAFETY: `malloc_trim` takes each arena's own lock while it releases that
-                // arena's free pages, as `free` does; it is safe to call from any thread at
-                // any time.
-                #[allow(unsafe_code)]
-                unsafe {
-                    libc::malloc_trim(0);
+            .spawn(|| {
+                let mut cpu_before = process_cpu();
+                let mut after_trim = resident_bytes();
+                loop {
+                    std::thread::sleep(TRIM_CHECK_EVERY);
+                    let cpu = process_cpu();
+                    let idle = cpu.saturating_sub(cpu_before) < IDLE_CPU;
+                    cpu_before = cpu;
+                    let resident = resident_bytes();
+                    if resident > TRIM_ABOVE_BYTES
+                        || (idle && resident > after_trim.saturating_add(IDLE_GROWTH_BYTES))
+                    {
+                        // SAFETY: `malloc_trim` takes each arena's own lock while it releases
+                        // that arena's free pages, as `free` does; it is safe to call from any
+                        // thread at any time.
+                        #[allow(unsafe_code)]
+                        unsafe {
+                            libc::malloc_trim(0);
+                        }
+                        after_trim = resident_bytes();
+                    }
                 }
             });
+    }
+
+    /// CPU time used by every thread of the process so far (zero if the clock cannot be read,
+    /// which makes every check look busy: trims then come only above [`TRIM_ABOVE_BYTES`]).
+    fn process_cpu() -> Duration {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `clock_gettime` writes one `timespec` through the pointer, which points to
+        // a live, writable one.
+        #[allow(unsafe_code)]
+        let read = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+        if read != 0 {
+            return Duration::ZERO;
+        }
+        Duration::new(
+            u64::try_from(now.tv_sec).unwrap_or(0),
+            u32::try_from(now.tv_nsec).unwrap_or(0),
+        )
+    }
+
+    /// Resident memory, from `/proc/self/status`; unknown counts as over the bound, so the
+    /// thread then trims every check, as it always did before.
+    fn resident_bytes() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+                let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                Some(kib.saturating_mul(1024))
+            })
+            .unwrap_or(u64::MAX)
     }
 }
 
