@@ -87,8 +87,8 @@ mod allocator {
     /// trim took an idle server from 47 MB to 37 MB. Until 2026-12-06 it trimmed every second,
     /// load or not; but a trim holds each arena's lock while it walks that arena (0.8–7 ms at
     /// 64 connections), and the pages it hands back fault in again. Under load RSS now stays
-    /// within its bound without those trims (README, *Freed memory goes back*, and the
-    /// measurements of 2026-12-06 night in *What bounds it*).
+    /// within its bound without those trims (README, *Trimming every second cost the
+    /// acknowledgements*).
     pub fn trim_periodically() {
         // A thread that cannot start only costs the saving.
         let _ = std::thread::Builder::new()
