@@ -86,18 +86,17 @@ fn erase_raw(log: &mut Connection, id: &str) -> Result<u64, StoreError> {
     // 8.0–8.6 s to 16.3–16.4 s.
     let mut unpacker = Unpacker::new();
     loop {
-        let rows: Vec<(i64, i64, Vec<u8>)> = log
-            .prepare_cached("SELECT id, codec, body FROM log WHERE id > ?1 ORDER BY id LIMIT ?2")?
-            .query_map(params![after, PAGE], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        let Some(last) = rows.last().map(|r| r.0) else {
-            break;
-        };
-        after = last;
-        for (entry, codec, body) in rows {
-            let raw = unpacker.unpack(codec, body)?;
+        // Paged, so no read transaction holds the WAL for the whole scan; streamed within the
+        // page, as `reextract` reads the log, since a page of 1000-message batches is ~190 MB.
+        let mut stmt = log
+            .prepare_cached("SELECT id, codec, body FROM log WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+        let mut rows = stmt.query(params![after, PAGE])?;
+        let mut entries = 0;
+        while let Some(row) = rows.next()? {
+            let entry: i64 = row.get(0)?;
+            after = entry;
+            entries += 1;
+            let raw = unpacker.unpack(row.get(1)?, row.get(2)?)?;
             // A body that is not JSON but holds the id's bytes is removed too: nothing is kept
             // that might name the person.
             let hit = match serde_json::from_slice::<serde_json::Value>(&raw) {
@@ -107,6 +106,9 @@ fn erase_raw(log: &mut Connection, id: &str) -> Result<u64, StoreError> {
             if hit {
                 hits.push(entry);
             }
+        }
+        if entries == 0 {
+            break;
         }
     }
     let tx = log.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
