@@ -129,7 +129,7 @@ pub struct WriterTask {
     /// The checkpointers (log and leads), and the retention pruner when enabled.
     background: Vec<JoinHandle<()>>,
     stop: CancellationToken,
-    /// Stops the leads file's [`writeback`] thread when this is dropped without a shutdown.
+    /// Stops the [`writeback`] thread (both database files) when dropped without a shutdown.
     _writeback: tokio_util::sync::DropGuard,
 }
 
@@ -376,7 +376,7 @@ pub async fn open(
         .name("projector".into())
         .spawn(move || projector.run())?;
     let writeback = stop.child_token();
-    writeback::spawn(path.clone(), writeback.clone())?;
+    writeback::spawn(vec![path.clone(), log_path.clone()], writeback.clone())?;
     Ok((
         Store {
             read,

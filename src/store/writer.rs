@@ -268,13 +268,18 @@ pub(super) fn open_connection(
     // raises its own for the leads' indexes.
     conn.pragma_update(None, "cache_size", -2048)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
-    // A backstop only: the checkpointer task keeps the WAL short, off the writer's thread.
+    // The checkpointer task copies the WAL off the writer's thread. Under steady load only
+    // this checkpoint completes (a commit lands while the checkpointer copies), and the WAL
+    // starts over from its first frame only after one that completed; see `writeback::spawn`.
     conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     Ok(conn)
 }
 
-/// WAL pages after which the writer checkpoints by itself, should the checkpointer fall behind.
+/// WAL pages after which the writer checkpoints by itself: what the checkpointer left, so
+/// that the WAL can start over. With none (0), the WAL only grew, and fewer deliveries were
+/// acknowledged: 16,308–17,323/s against 17,926–19,174 in three alternating pairs of 20 s at 64
+/// connections on the production-shaped mix (2026-12-07).
 pub(super) const WRITER_AUTOCHECKPOINT_PAGES: u32 = 20_000;
 
 pub(super) struct Writer {
