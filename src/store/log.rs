@@ -151,8 +151,18 @@ pub struct Handed {
 /// deliveries, five interleaved pairs: a max of 15.5–18.6 ms against 16.8–27.1 before; the p50
 /// rose from 9.0 to 10.4 ms (means), since projection now runs beside more of them instead of in
 /// one burst. Production-shaped load never holds this many leads within a pace, so it does
-/// not change there (one pair each at 16 and 64 connections: differences within noise).
+/// not change there (one pair each at 16 and 64 connections: differences within noise). Since
+/// 2026-12-07 one such entry is a round by itself ([`LARGE_ENTRY_LEADS`]).
 pub const ROUND_LEADS: usize = 2048;
+
+/// Leads that make one entry worth a round by itself, however few are in hand beside it. The
+/// pace lets one-lead entries share the index pages a round dirties; an entry of hundreds of
+/// leads shares little by waiting, and its projection (~10 ms of CPU per 1,000 leads) then ran
+/// beside the next delivery: sequential 1000-message deliveries piled up in hand until a
+/// third crossed [`ROUND_LEADS`], and the round of all three ran while the fourth was being
+/// acknowledged. Projected as soon as it is durable, it runs while the sender prepares the
+/// next one. Production-shaped entries hold one to five leads, so they never count.
+pub const LARGE_ENTRY_LEADS: usize = 512;
 
 /// Leads the in-memory hand-off holds at most; past it, entries are left to the projector to
 /// read back from the log (a gap in the hand-off sends it there).
@@ -162,6 +172,23 @@ const HANDOFF_MAX_LEADS: usize = 8192;
 struct Handoff {
     entries: std::collections::VecDeque<Handed>,
     leads: usize,
+    /// Entries in hand that hold [`LARGE_ENTRY_LEADS`] or more.
+    large: usize,
+}
+
+impl Handoff {
+    fn push(&mut self, entry: Handed) {
+        self.leads += entry.leads.len();
+        self.large += usize::from(entry.leads.len() >= LARGE_ENTRY_LEADS);
+        self.entries.push_back(entry);
+    }
+
+    fn pop(&mut self) -> Option<Handed> {
+        let entry = self.entries.pop_front()?;
+        self.leads -= entry.leads.len();
+        self.large -= usize::from(entry.leads.len() >= LARGE_ENTRY_LEADS);
+        Some(entry)
+    }
 }
 
 /// Appends `record` as entry `id` in the caller's transaction; an id already taken is an error
@@ -244,9 +271,9 @@ impl Progress {
             return;
         }
         let before = h.leads;
-        h.leads += entry.leads.len();
-        h.entries.push_back(entry);
-        if before < ROUND_LEADS && h.leads >= ROUND_LEADS {
+        let large = entry.leads.len() >= LARGE_ENTRY_LEADS;
+        h.push(entry);
+        if large || (before < ROUND_LEADS && h.leads >= ROUND_LEADS) {
             // Enough for a round: a pacing projector's wait ends at the next flush's ring
             // (see `ring`), after that flush's acknowledgements, not now: woken now, it would
             // take a core from the flush this entry still waits for, to project only older
@@ -260,6 +287,14 @@ impl Progress {
         self.handoff.lock().map_or(0, |h| h.leads)
     }
 
+    /// Whether the leads in hand are worth a round without waiting out its pace: a round's
+    /// worth in all ([`ROUND_LEADS`]), or one large entry ([`LARGE_ENTRY_LEADS`]).
+    pub fn round_in_hand(&self) -> bool {
+        self.handoff
+            .lock()
+            .is_ok_and(|h| h.leads >= ROUND_LEADS || h.large > 0)
+    }
+
     /// Takes the handed entries that continue exactly at `from`, up to id `upto`, until
     /// `max_leads` are taken; entries before `from` (already projected from the log) are
     /// dropped. Empty when the next entry is not in hand.
@@ -268,9 +303,7 @@ impl Progress {
             return Vec::new();
         };
         while h.entries.front().is_some_and(|e| e.id < from) {
-            if let Some(e) = h.entries.pop_front() {
-                h.leads -= e.leads.len();
-            }
+            h.pop();
         }
         let mut out = Vec::new();
         let mut next = from;
@@ -279,8 +312,7 @@ impl Progress {
             if front.id != next || front.id > upto || (leads >= max_leads && !out.is_empty()) {
                 break;
             }
-            if let Some(e) = h.entries.pop_front() {
-                h.leads -= e.leads.len();
+            if let Some(e) = h.pop() {
                 leads += e.leads.len();
                 next += 1;
                 out.push(e);
@@ -471,9 +503,11 @@ mod tests {
     #[test]
     fn a_round_s_worth_of_leads_in_hand_ends_a_pacing_wait() {
         let p = std::sync::Arc::new(Progress::default());
-        // Below a round's worth, a pacing wait lasts its timeout.
-        p.offer(batch(1, ROUND_LEADS / 2));
-        assert_eq!(p.handed_leads(), ROUND_LEADS / 2);
+        // Below a round's worth (and no entry large by itself), a pacing wait lasts its timeout.
+        let small = LARGE_ENTRY_LEADS - 1;
+        p.offer(batch(1, small));
+        assert_eq!(p.handed_leads(), small);
+        assert!(!p.round_in_hand());
         let started = std::time::Instant::now();
         p.wait(Duration::from_millis(200));
         assert!(started.elapsed() >= Duration::from_millis(200));
@@ -502,8 +536,50 @@ mod tests {
         let started = std::time::Instant::now();
         p.wait(Duration::from_millis(200));
         assert!(started.elapsed() >= Duration::from_millis(200));
-        assert_eq!(p.handed_leads(), ROUND_LEADS / 2 + ROUND_LEADS);
+        assert_eq!(p.handed_leads(), small + ROUND_LEADS);
+        assert!(p.round_in_hand());
         assert_eq!(p.take(1, 2, usize::MAX).len(), 2);
+        assert_eq!(p.handed_leads(), 0);
+        assert!(!p.round_in_hand());
+    }
+
+    #[test]
+    fn one_large_entry_is_a_round_by_itself_and_small_ones_are_not() {
+        let p = std::sync::Arc::new(Progress::default());
+        // Many production-shaped entries (a few leads each), fewer than a round's worth in all.
+        for id in 1..=100 {
+            p.offer(batch(id, 5));
+        }
+        assert!(!p.round_in_hand());
+        p.mark_durable(100);
+        let started = std::time::Instant::now();
+        p.wait(Duration::from_millis(200));
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "small entries rang a pacing projector"
+        );
+        // One entry of a large batch: a round in hand, and its flush ends the pacing wait.
+        p.offer(batch(101, LARGE_ENTRY_LEADS));
+        assert!(p.round_in_hand());
+        let flusher = {
+            let p = p.clone();
+            soon(move || p.mark_durable(101))
+        };
+        let started = std::time::Instant::now();
+        p.wait(Duration::from_secs(10));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the flush that made the large entry durable woke it"
+        );
+        flusher.join().expect("flusher");
+        // Taken (or dropped as already projected), it no longer counts.
+        assert_eq!(p.take(1, 100, usize::MAX).len(), 100);
+        assert!(p.round_in_hand());
+        assert_eq!(p.take(102, 102, usize::MAX).len(), 0);
+        assert!(
+            !p.round_in_hand(),
+            "the large entry was dropped as projected"
+        );
         assert_eq!(p.handed_leads(), 0);
     }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::log::{Progress, Unpacker, ROUND_LEADS};
+use super::log::{Progress, Unpacker};
 use super::outbox::{enqueue, Routes, Wake};
 use super::seen::Seen;
 use super::writer::open_connection;
@@ -30,7 +30,8 @@ const LAG_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Entries worth a transaction at once; fewer wait up to the pace (`ingest.projection_pace_ms`)
 /// for company, so that a random-keyed index page dirtied once per transaction is shared by
 /// more leads (fewer bytes written, less CPU per lead). Fewer entries that already hold
-/// [`ROUND_LEADS`] leads in hand (large batches) do not wait.
+/// [`ROUND_LEADS`](super::log::ROUND_LEADS) leads in hand, or one entry of
+/// [`LARGE_ENTRY_LEADS`](super::log::LARGE_ENTRY_LEADS) (large batches), do not wait.
 const FULL_ROUND: u64 = 1024;
 /// Leads one projection transaction takes on, at most (it may exceed this by one entry).
 const MAX_LEADS_PER_ROUND: u64 = 8192;
@@ -252,7 +253,7 @@ impl Projector {
                     Instant::now()
                 });
                 let few = ((durable - self.watermark) as u64) < FULL_ROUND
-                    && self.progress.handed_leads() < ROUND_LEADS;
+                    && !self.progress.round_in_hand();
                 if few && since.elapsed() < self.pace {
                     // Pacing: new entries do not end this wait (only `stop` and a round's worth of
                     // leads in hand do), the pace does.
