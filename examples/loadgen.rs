@@ -701,9 +701,13 @@ async fn batch_probe(client: &reqwest::Client, url: &str, secret: &str, probes: 
     }
     times.sort_unstable();
     println!(
-        "1000-message deliveries ({probes}, sequential): acknowledged in p50 {:.2} ms, max {:.2} ms",
+        "1000-message deliveries ({probes}, sequential): acknowledged in p50 {:.2} ms, max {:.2} ms \
+         (p90 {:.2}, p99 {:.2}; {} over 10 ms)",
         pct(&times, 0.5),
-        pct(&times, 1.0)
+        pct(&times, 1.0),
+        pct(&times, 0.9),
+        pct(&times, 0.99),
+        times.iter().filter(|&&us| us > 10_000).count()
     );
 }
 
