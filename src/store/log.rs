@@ -445,6 +445,19 @@ mod tests {
         })
     }
 
+    /// Whether a pacing wait ends soon after another thread makes entry `id` durable.
+    fn woken_by_flush(p: &std::sync::Arc<Progress>, id: i64) -> bool {
+        let flusher = {
+            let p = p.clone();
+            soon(move || p.mark_durable(id))
+        };
+        let started = std::time::Instant::now();
+        p.wait(Duration::from_secs(10));
+        let woken = started.elapsed() < Duration::from_secs(5);
+        flusher.join().expect("flusher");
+        woken
+    }
+
     #[test]
     fn the_handoff_gives_only_what_continues_the_watermark() {
         let p = Progress::default();
@@ -520,17 +533,10 @@ mod tests {
             started.elapsed() >= Duration::from_millis(200),
             "the offer alone woke it"
         );
-        let flusher = {
-            let p = p.clone();
-            soon(move || p.mark_durable(2))
-        };
-        let started = std::time::Instant::now();
-        p.wait(Duration::from_secs(10));
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            woken_by_flush(&p, 2),
             "the flush that made it durable woke it"
         );
-        flusher.join().expect("flusher");
         // Rung once: the next flush does not wake a pacing projector again.
         p.mark_durable(3);
         let started = std::time::Instant::now();
@@ -561,17 +567,10 @@ mod tests {
         // One entry of a large batch: a round in hand, and its flush ends the pacing wait.
         p.offer(batch(101, LARGE_ENTRY_LEADS));
         assert!(p.round_in_hand());
-        let flusher = {
-            let p = p.clone();
-            soon(move || p.mark_durable(101))
-        };
-        let started = std::time::Instant::now();
-        p.wait(Duration::from_secs(10));
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            woken_by_flush(&p, 101),
             "the flush that made the large entry durable woke it"
         );
-        flusher.join().expect("flusher");
         // Taken (or dropped as already projected), it no longer counts.
         assert_eq!(p.take(1, 100, usize::MAX).len(), 100);
         assert!(p.round_in_hand());
