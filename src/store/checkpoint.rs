@@ -1,7 +1,8 @@
 //! The checkpointers: one loop per SQLite file copies its WAL frames into the database file
 //! from a connection of its own, on a timer, so that the file's writer (the log's group-commit
 //! writer, or the projector for the leads) spends its time on commits rather than on
-//! checkpoints. The writers keep SQLite's autocheckpoint only as a backstop.
+//! checkpoints. The writers keep SQLite's autocheckpoint for what is left: under steady load a
+//! commit lands while this loop copies, so only theirs completes and lets the WAL start over.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 /// Copies WAL frames into the database file from its own connection, so that the writer of
 /// that file (the log's writer, or the projector for the leads) spends its time on commits.
 /// PASSIVE never waits for, nor blocks, readers or the writer. The writers keep an
-/// autocheckpoint only as a backstop.
+/// autocheckpoint for what this leaves (see the module's note).
 pub(super) async fn run(options: SqliteConnectOptions, every: Duration, stop: CancellationToken) {
     let mut conn: Option<SqliteConnection> = None;
     let mut failing = false;
