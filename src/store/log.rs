@@ -143,6 +143,13 @@ pub struct Handed {
     pub detected: Vec<NewDetected>,
 }
 
+impl Handed {
+    /// Whether this entry is a projection round by itself ([`LARGE_ENTRY_LEADS`]).
+    fn is_large(&self) -> bool {
+        self.leads.len() >= LARGE_ENTRY_LEADS
+    }
+}
+
 /// Leads in hand worth a projection round without waiting out its pace, however few entries
 /// hold them. Production-shaped traffic carries about one lead per entry, so there the round's
 /// entry count (1,024) decides. Large batches (1,000 leads each) used to pile up in hand for the
@@ -179,14 +186,14 @@ struct Handoff {
 impl Handoff {
     fn push(&mut self, entry: Handed) {
         self.leads += entry.leads.len();
-        self.large += usize::from(entry.leads.len() >= LARGE_ENTRY_LEADS);
+        self.large += usize::from(entry.is_large());
         self.entries.push_back(entry);
     }
 
     fn pop(&mut self) -> Option<Handed> {
         let entry = self.entries.pop_front()?;
         self.leads -= entry.leads.len();
-        self.large -= usize::from(entry.leads.len() >= LARGE_ENTRY_LEADS);
+        self.large -= usize::from(entry.is_large());
         Some(entry)
     }
 }
@@ -271,7 +278,7 @@ impl Progress {
             return;
         }
         let before = h.leads;
-        let large = entry.leads.len() >= LARGE_ENTRY_LEADS;
+        let large = entry.is_large();
         h.push(entry);
         if large || (before < ROUND_LEADS && h.leads >= ROUND_LEADS) {
             // Enough for a round: a pacing projector's wait ends at the next flush's ring
