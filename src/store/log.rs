@@ -289,8 +289,10 @@ impl Progress {
         }
     }
 
-    /// Leads in hand, not yet taken by the projector.
-    pub fn handed_leads(&self) -> usize {
+    /// Leads in hand, not yet taken by the projector (the tests' view; the projector asks
+    /// [`Progress::round_in_hand`]).
+    #[cfg(test)]
+    fn handed_leads(&self) -> usize {
         self.handoff.lock().map_or(0, |h| h.leads)
     }
 
