@@ -188,7 +188,7 @@ async fn queue(
     lead_id: i64,
     checked: Checked,
 ) -> Result<(StatusCode, Json<Conversion>), ApiError> {
-    let lead = crate::store::leads::by_id(state.store().read_pool(), lead_id)
+    let lead = crate::store::leads::by_id(state.store(), lead_id)
         .await
         .map_err(ApiError::database)?
         .ok_or_else(|| ApiError::not_found(format!("no lead with id {lead_id}")))?;
@@ -210,12 +210,9 @@ async fn queue(
         currency: checked.currency,
     };
     let now = Utc::now().timestamp_millis();
-    let (row, created) = {
-        let turn = state.store().write_turn().await;
-        conversions::insert(turn.pool(), &new, now)
-            .await
-            .map_err(ApiError::database)?
-    };
+    let (row, created) = conversions::insert(state.store(), &new, now)
+        .await
+        .map_err(ApiError::database)?;
     if row.lead_id != lead_id {
         return Err(ApiError::client(
             StatusCode::CONFLICT,
@@ -296,7 +293,7 @@ async fn clid_conversion(
     if !state.capi().enabled() {
         return Err(not_configured());
     }
-    let lead_id = crate::store::leads::id_by_clid(state.store().read_pool(), &ctwa_clid)
+    let lead_id = crate::store::leads::id_by_clid(state.store(), &ctwa_clid)
         .await
         .map_err(ApiError::database)?
         .ok_or_else(|| ApiError::not_found("no lead with this ctwa_clid"))?;
@@ -359,7 +356,7 @@ async fn list_conversions(
         .map(|v| id_paging::whole("lead_id", v, 1))
         .transpose()?;
     let rows = conversions::page(
-        state.store().read_pool(),
+        state.store(),
         p.status.as_deref(),
         lead_id,
         page.before,
@@ -380,12 +377,12 @@ pub async fn events_of(
     lead_id: i64,
     ctwa_clid: Option<&str>,
 ) -> Result<(Vec<Conversion>, Vec<DetectedEvent>), sqlx::Error> {
-    let pool = state.store().read_pool();
+    let store = state.store();
     let mut reported =
-        conversions::page(pool, None, Some(lead_id), None, id_paging::MAX_LIMIT).await?;
+        conversions::page(store, None, Some(lead_id), None, id_paging::MAX_LIMIT).await?;
     reported.reverse();
     let detected = match ctwa_clid {
-        Some(clid) => conversions::detected_for(pool, clid).await?,
+        Some(clid) => conversions::detected_for(store, clid).await?,
         None => Vec::new(),
     };
     Ok((

@@ -113,7 +113,7 @@ impl Worker {
                 break;
             }
             let now = now_ms();
-            let due = match conversions::due(self.store.read_pool(), now, MAX_BATCH).await {
+            let due = match conversions::due(&self.store, now, MAX_BATCH).await {
                 Ok(due) => due,
                 Err(err) => {
                     tracing::warn!(%err, "could not read the conversions outbox; retrying");
@@ -128,7 +128,7 @@ impl Worker {
                     continue;
                 }
             }
-            let next = match conversions::next_due(self.store.read_pool()).await {
+            let next = match conversions::next_due(&self.store).await {
                 Ok(Some(at)) => {
                     Duration::from_millis((at - now_ms()).clamp(0, POLL.as_millis() as i64) as u64)
                 }
@@ -314,10 +314,7 @@ impl Worker {
     async fn record(&self, outcomes: &[(DueConversion, Outcome)]) {
         let rows: Vec<(i64, Outcome)> = outcomes.iter().map(|(d, o)| (d.id, o.clone())).collect();
         for attempt in 1..=5 {
-            let result = {
-                let turn = self.store.write_turn().await;
-                conversions::record(turn.pool(), &rows, now_ms()).await
-            };
+            let result = conversions::record(&self.store, &rows, now_ms()).await;
             match result {
                 Ok(()) => break,
                 Err(err) if attempt < 5 => {

@@ -136,14 +136,9 @@ async fn list_deliveries(
             .map(|v| id_paging::whole("lead_id", v, 1))
             .transpose()?,
     };
-    let rows = outbox::page(
-        state.store().read_pool(),
-        &filter,
-        page.before,
-        page.fetch(),
-    )
-    .await
-    .map_err(ApiError::database)?;
+    let rows = outbox::page(state.store(), &filter, page.before, page.fetch())
+        .await
+        .map_err(ApiError::database)?;
     let (rows, paging) = page.finish(rows, |r| r.id, &state, &headers, uri.path(), &params);
     Ok(Json(DeliveryPage {
         data: rows.into_iter().map(Delivery::from).collect(),
@@ -177,7 +172,7 @@ async fn get_delivery(
 ) -> Result<Json<Delivery>, ApiError> {
     params.only(&[])?;
     let id = delivery_id(id)?;
-    outbox::by_id(state.store().read_pool(), id)
+    outbox::by_id(state.store(), id)
         .await
         .map_err(ApiError::database)?
         .map(|row| Json(Delivery::from(row)))
@@ -207,7 +202,7 @@ async fn retry_delivery(
     params.only(&[])?;
     let id = delivery_id(id)?;
     let not_found = || ApiError::not_found(format!("no delivery with id {id}"));
-    let row = outbox::by_id(state.store().read_pool(), id)
+    let row = outbox::by_id(state.store(), id)
         .await
         .map_err(ApiError::database)?
         .ok_or_else(not_found)?;
@@ -222,7 +217,7 @@ async fn retry_delivery(
         .map_err(|why| ApiError::client(StatusCode::CONFLICT, "destination_unavailable", why))?;
     let last_step = state.forwarding().schedule.len().saturating_sub(1) as i64;
     let now = Utc::now().timestamp_millis();
-    let row = outbox::retry(state.store().write_turn().await.pool(), id, now, last_step)
+    let row = outbox::retry(state.store(), id, now, last_step)
         .await
         .map_err(ApiError::database)?
         .ok_or_else(|| {

@@ -137,7 +137,7 @@ impl Dispatcher {
 async fn report_backlog(store: Store, names: Vec<String>, stop: CancellationToken) {
     let mut last_log: Option<tokio::time::Instant> = None;
     loop {
-        match crate::store::outbox::backlog(store.read_pool()).await {
+        match crate::store::outbox::backlog(&store).await {
             Ok(rows) => {
                 let now = chrono::Utc::now().timestamp_millis();
                 let log = last_log.is_none_or(|t| t.elapsed() >= BACKLOG_LOG_EVERY);

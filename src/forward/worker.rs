@@ -421,5 +421,5 @@ async fn record(store: &Store, finished: &[Finished]) -> Result<(), sqlx::Error>
             mark: f.mark.clone(),
         })
         .collect();
-    outbox::record(store.write_turn().await.pool(), &marks, now_ms()).await
+    outbox::record(store, &marks, now_ms()).await
 }

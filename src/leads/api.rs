@@ -290,7 +290,7 @@ async fn list_leads(
     let limit = parse_limit(paging.limit.as_deref())?;
     let before = paging.after.as_deref().map(decode_cursor).transpose()?;
     // One extra row says whether another page exists.
-    let mut rows = q::page(state.store().read_pool(), &filter, before, limit + 1)
+    let mut rows = q::page(state.store(), &filter, before, limit + 1)
         .await
         .map_err(ApiError::database)?;
     let more = rows.len() > limit as usize;
@@ -334,7 +334,7 @@ async fn get_lead(
     let Ok(numeric) = id.parse::<i64>() else {
         return Err(not_found());
     };
-    let row = q::by_id(state.store().read_pool(), numeric)
+    let row = q::by_id(state.store(), numeric)
         .await
         .map_err(ApiError::database)?
         .ok_or_else(not_found)?;
@@ -395,7 +395,7 @@ async fn lead_stats(
 ) -> Result<Json<Stats>, ApiError> {
     params.only(FILTERS)?;
     let filter = params.to::<FilterParams>()?.into_filter()?;
-    let rows = q::stats(state.store().read_pool(), &filter)
+    let rows = q::stats(state.store(), &filter)
         .await
         .map_err(ApiError::database)?;
     Ok(Json(Stats {

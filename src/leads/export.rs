@@ -171,7 +171,7 @@ pub(super) async fn export_leads(
         Some(_) => return Err(ApiError::bad_request("format: expected csv or ndjson")),
     };
     let filter = params.to::<FilterParams>()?.into_filter()?;
-    let pages = q::pages(state.store().read_pool().clone(), filter, EXPORT_PAGE);
+    let pages = q::pages(state.store().clone(), filter, EXPORT_PAGE);
     let header = match format {
         Format::Csv => Some(Ok(Bytes::from_static(CSV_HEADER.as_bytes()))),
         Format::Ndjson => None,

@@ -5,7 +5,9 @@
 //! Detected events (`automatic_events` webhooks) are stored once per Meta id by the projector.
 
 use rusqlite::{params, Connection};
-use sqlx::{FromRow, QueryBuilder, Sqlite, SqlitePool};
+use sqlx::{FromRow, QueryBuilder, Sqlite};
+
+use super::Store;
 
 pub use crate::leads::detected::NewDetected;
 
@@ -77,10 +79,13 @@ pub(super) fn enqueue_lead_submitted(
 
 /// Queues `new` unless its `event_id` exists: returns the row, and whether it is new.
 pub async fn insert(
-    pool: &SqlitePool,
+    store: &Store,
     new: &NewConversion,
     now_ms: i64,
 ) -> Result<(ConversionRow, bool), sqlx::Error> {
+    // Both statements in one turn at the write lock.
+    let turn = store.write_turn().await;
+    let pool = turn.pool();
     let created: Option<ConversionRow> = sqlx::query_as(&format!(
         "INSERT INTO conversions (event_id, lead_id, event_name, event_time, value, currency, \
          next_attempt_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7) \
@@ -123,7 +128,7 @@ pub struct DueConversion {
 
 /// Up to `limit` pending conversions due by `now_ms`, oldest due first.
 pub async fn due(
-    pool: &SqlitePool,
+    store: &Store,
     now_ms: i64,
     limit: usize,
 ) -> Result<Vec<DueConversion>, sqlx::Error> {
@@ -135,17 +140,17 @@ pub async fn due(
     )
     .bind(now_ms)
     .bind(limit as i64)
-    .fetch_all(pool)
+    .fetch_all(store.read_pool())
     .await
 }
 
 /// When the next pending conversion falls due, if any.
-pub async fn next_due(pool: &SqlitePool) -> Result<Option<i64>, sqlx::Error> {
+pub async fn next_due(store: &Store) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT next_attempt_at FROM conversions WHERE status = 'pending' \
          ORDER BY next_attempt_at LIMIT 1",
     )
-    .fetch_optional(pool)
+    .fetch_optional(store.read_pool())
     .await
 }
 
@@ -178,7 +183,7 @@ pub enum Outcome {
 /// Records outcomes in one statement (a Conversions API batch holds up to 1,000 events): the
 /// outcomes go in as one JSON array, which SQLite's `json_each` joins to the rows by id.
 pub async fn record(
-    pool: &SqlitePool,
+    store: &Store,
     done: &[(i64, Outcome)],
     now_ms: i64,
 ) -> Result<(), sqlx::Error> {
@@ -213,7 +218,7 @@ pub async fn record(
         })
         .collect();
     super::update_each(
-        pool,
+        store.write_turn().await.pool(),
         "UPDATE conversions SET status = m.status, attempts = attempts + 1, \
          next_attempt_at = m.next, step = COALESCE(m.step, conversions.step), \
          last_status_code = m.code, last_error = m.error, error_code = m.error_code, \
@@ -231,7 +236,7 @@ pub async fn record(
 
 /// One page of conversions, newest first: ids below `before`, optionally of one status/lead.
 pub async fn page(
-    pool: &SqlitePool,
+    store: &Store,
     status: Option<&str>,
     lead_id: Option<i64>,
     before: Option<i64>,
@@ -250,16 +255,7 @@ pub async fn page(
     }
     q.push(" ORDER BY id DESC LIMIT ")
         .push_bind(i64::from(limit));
-    q.build_query_as().fetch_all(pool).await
-}
-
-/// Counts per (event name, status), for the metrics.
-pub async fn counts(pool: &SqlitePool) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT event_name, status, COUNT(*) FROM conversions GROUP BY event_name, status",
-    )
-    .fetch_all(pool)
-    .await
+    q.build_query_as().fetch_all(store.read_pool()).await
 }
 
 /// Stores detected events, once per Meta id; inside the projector's transaction. Returns how
@@ -300,15 +296,12 @@ pub struct DetectedRow {
 }
 
 /// Detected events with this click id, oldest first.
-pub async fn detected_for(
-    pool: &SqlitePool,
-    ctwa_clid: &str,
-) -> Result<Vec<DetectedRow>, sqlx::Error> {
+pub async fn detected_for(store: &Store, ctwa_clid: &str) -> Result<Vec<DetectedRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, event_name, event_time, ctwa_clid, custom_data, received_at \
          FROM detected_events WHERE ctwa_clid = ? ORDER BY event_time, id LIMIT 100",
     )
     .bind(ctwa_clid)
-    .fetch_all(pool)
+    .fetch_all(store.read_pool())
     .await
 }

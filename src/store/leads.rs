@@ -4,6 +4,7 @@
 //! every filter column has a `(column, received_at)` index (the click id: its last 16 characters),
 //! so a page reads an index in order.
 
+use super::Store;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use sqlx::{FromRow, QueryBuilder, Sqlite, SqlitePool};
@@ -274,15 +275,15 @@ impl LeadRow {
     }
 }
 
-pub async fn by_id(pool: &SqlitePool, id: i64) -> Result<Option<LeadRow>, sqlx::Error> {
+pub async fn by_id(store: &Store, id: i64) -> Result<Option<LeadRow>, sqlx::Error> {
     sqlx::query_as(&format!("SELECT {COLUMNS} FROM leads WHERE id = ?"))
         .bind(id)
-        .fetch_optional(pool)
+        .fetch_optional(store.read_pool())
         .await
 }
 
 /// The lead with this click id (the newest, should a click id repeat).
-pub async fn id_by_clid(pool: &SqlitePool, ctwa_clid: &str) -> Result<Option<i64>, sqlx::Error> {
+pub async fn id_by_clid(store: &Store, ctwa_clid: &str) -> Result<Option<i64>, sqlx::Error> {
     let filter = LeadFilter {
         ctwa_clid: Some(ctwa_clid.to_owned()),
         ..LeadFilter::default()
@@ -290,13 +291,15 @@ pub async fn id_by_clid(pool: &SqlitePool, ctwa_clid: &str) -> Result<Option<i64
     let mut q = QueryBuilder::new("SELECT id");
     filter.push_from_where(&mut q, None);
     q.push(" ORDER BY received_at DESC LIMIT 1");
-    q.build_query_scalar().fetch_optional(pool).await
+    q.build_query_scalar()
+        .fetch_optional(store.read_pool())
+        .await
 }
 
-pub async fn by_wamid(pool: &SqlitePool, wamid: &str) -> Result<Option<LeadRow>, sqlx::Error> {
+pub async fn by_wamid(store: &Store, wamid: &str) -> Result<Option<LeadRow>, sqlx::Error> {
     sqlx::query_as(&format!(wamid_search!("{}"), COLUMNS))
         .bind(wamid)
-        .fetch_optional(pool)
+        .fetch_optional(store.read_pool())
         .await
 }
 
@@ -314,17 +317,19 @@ fn push_page<'a>(
 
 /// One page, newest first: at most `limit` leads after `before`.
 pub async fn page(
-    pool: &SqlitePool,
+    store: &Store,
     filter: &LeadFilter,
     before: Option<Cursor>,
     limit: u32,
 ) -> Result<Vec<LeadRow>, sqlx::Error> {
     let mut q = QueryBuilder::new("");
     push_page(&mut q, filter, before, limit);
-    q.build_query_as().fetch_all(pool).await
+    q.build_query_as().fetch_all(store.read_pool()).await
 }
 
-/// SQLite's plan for a page with `filter`, one line per step (for tests and benchmarks).
+/// SQLite's plan for a page with `filter`, one line per step (for tests and benchmarks). It takes
+/// a pool, not a [`Store`]: a plan is this backend's own, and the tests read one on a pool that
+/// has run `ANALYZE`.
 pub async fn page_plan(
     pool: &SqlitePool,
     filter: &LeadFilter,
@@ -339,24 +344,24 @@ pub async fn page_plan(
 /// Every matching lead, newest first, a page at a time: memory holds one page, and no read
 /// transaction stays open for the whole export (which would hold back WAL checkpoints).
 pub fn pages(
-    pool: SqlitePool,
+    store: Store,
     filter: LeadFilter,
     page_size: u32,
 ) -> BoxStream<'static, Result<Vec<LeadRow>, sqlx::Error>> {
     futures_util::stream::unfold(
-        (pool, filter, None::<Cursor>, false),
-        move |(pool, filter, before, done)| async move {
+        (store, filter, None::<Cursor>, false),
+        move |(store, filter, before, done)| async move {
             if done {
                 return None;
             }
-            match page(&pool, &filter, before, page_size).await {
+            match page(&store, &filter, before, page_size).await {
                 Ok(rows) if rows.is_empty() => None,
                 Ok(rows) => {
                     let last = rows.last().map(LeadRow::cursor);
                     let done = rows.len() < page_size as usize;
-                    Some((Ok(rows), (pool, filter, last, done)))
+                    Some((Ok(rows), (store, filter, last, done)))
                 }
-                Err(err) => Some((Err(err), (pool, filter, before, true))),
+                Err(err) => Some((Err(err), (store, filter, before, true))),
             }
         },
     )
@@ -371,19 +376,19 @@ pub struct StatRow {
     pub leads: i64,
 }
 
-pub async fn stats(pool: &SqlitePool, filter: &LeadFilter) -> Result<Vec<StatRow>, sqlx::Error> {
+pub async fn stats(store: &Store, filter: &LeadFilter) -> Result<Vec<StatRow>, sqlx::Error> {
     let mut q = QueryBuilder::new(
         "SELECT source_id, strftime('%Y-%m-%d', received_at / 1000, 'unixepoch') AS day, \
          COUNT(*) AS leads",
     );
     filter.push_from_where(&mut q, None);
     q.push(" GROUP BY source_id, day ORDER BY day DESC, leads DESC, source_id");
-    q.build_query_as().fetch_all(pool).await
+    q.build_query_as().fetch_all(store.read_pool()).await
 }
 
-pub async fn count(pool: &SqlitePool) -> Result<i64, sqlx::Error> {
+pub async fn count(store: &Store) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT COUNT(*) FROM leads")
-        .fetch_one(pool)
+        .fetch_one(store.read_pool())
         .await
 }
 

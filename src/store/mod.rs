@@ -7,7 +7,10 @@
 //!
 //! `open` creates both files and their folder, applies the migrations, moves raw deliveries
 //! left by earlier versions into the log, and starts the writer, the projector and the
-//! background upkeep (checkpoints, retention).
+//! background upkeep (checkpoints, retention). The rest of the crate holds a [`Store`] and
+//! calls these modules' functions with it: no caller outside holds a pool or takes the leads
+//! file's write lock, so a second backend (PostgreSQL, for several replicas) can sit beside
+//! SQLite behind the same functions.
 
 mod checkpoint;
 pub mod codec;
@@ -89,13 +92,13 @@ impl Turns {
 }
 
 /// A turn at the leads database's write lock, and the connection to write with.
-pub struct WriteTurn<'a> {
+pub(crate) struct WriteTurn<'a> {
     _turn: tokio::sync::OwnedMutexGuard<()>,
     pool: &'a SqlitePool,
 }
 
 impl WriteTurn<'_> {
-    pub fn pool(&self) -> &SqlitePool {
+    pub(crate) fn pool(&self) -> &SqlitePool {
         self.pool
     }
 }
@@ -507,13 +510,16 @@ impl Store {
             && sqlx::query("SELECT 1").execute(&self.read).await.is_ok()
     }
 
+    /// The read pool itself. The rest of the crate reads through this module's functions, which
+    /// take the [`Store`]; the pool is public for what is this backend's own, a query plan
+    /// ([`leads::page_plan`]), in the tests and the read-side benchmark.
     pub fn read_pool(&self) -> &SqlitePool {
         &self.read
     }
 
     /// The one connection for writes outside the projector (the outbox), once it is this
     /// caller's turn; hold the turn for one transaction only.
-    pub async fn write_turn(&self) -> WriteTurn<'_> {
+    pub(crate) async fn write_turn(&self) -> WriteTurn<'_> {
         WriteTurn {
             _turn: self.turns.take().await,
             pool: &self.write,

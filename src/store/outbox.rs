@@ -7,9 +7,10 @@
 use std::sync::Arc;
 
 use rusqlite::{params, Connection};
-use sqlx::{FromRow, QueryBuilder, Sqlite, SqlitePool};
+use sqlx::{FromRow, QueryBuilder, Sqlite};
 
 use super::leads::{LeadRow, COLUMNS};
+use super::Store;
 use crate::config::{ForwardingSettings, LeadFilters};
 use crate::leads::packed::LeadView;
 
@@ -259,7 +260,7 @@ pub struct Attempted {
 /// Records finished attempts in one statement: the marks travel as one JSON array, so a batch
 /// of hundreds costs one round trip to the connection's thread and one commit, not one of each
 /// per attempt.
-pub async fn record(pool: &SqlitePool, done: &[Attempted], now_ms: i64) -> Result<(), sqlx::Error> {
+pub async fn record(store: &Store, done: &[Attempted], now_ms: i64) -> Result<(), sqlx::Error> {
     if done.is_empty() {
         return Ok(());
     }
@@ -289,7 +290,7 @@ pub async fn record(pool: &SqlitePool, done: &[Attempted], now_ms: i64) -> Resul
         })
         .collect();
     super::update_each(
-        pool,
+        store.write_turn().await.pool(),
         "UPDATE deliveries SET status = m.status, attempts = attempts + 1, \
          last_status_code = m.code, last_error = m.error, next_attempt_at = m.next, \
          step = COALESCE(m.step, deliveries.step), updated_at = ?2 \
@@ -332,7 +333,7 @@ pub struct DeliveryFilter {
 
 /// One page, newest first: at most `limit` deliveries with ids below `before`.
 pub async fn page(
-    pool: &SqlitePool,
+    store: &Store,
     filter: &DeliveryFilter,
     before: Option<i64>,
     limit: u32,
@@ -354,15 +355,15 @@ pub async fn page(
     }
     q.push(" ORDER BY id DESC LIMIT ")
         .push_bind(i64::from(limit));
-    q.build_query_as().fetch_all(pool).await
+    q.build_query_as().fetch_all(store.read_pool()).await
 }
 
-pub async fn by_id(pool: &SqlitePool, id: i64) -> Result<Option<DeliveryRow>, sqlx::Error> {
+pub async fn by_id(store: &Store, id: i64) -> Result<Option<DeliveryRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?"
     ))
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(store.read_pool())
     .await
 }
 
@@ -370,7 +371,7 @@ pub async fn by_id(pool: &SqlitePool, id: i64) -> Result<Option<DeliveryRow>, sq
 /// (its schedule position becomes `last_step`); returns the row after the change, or `None`
 /// when it was not pending or failed.
 pub async fn retry(
-    pool: &SqlitePool,
+    store: &Store,
     id: i64,
     now_ms: i64,
     last_step: i64,
@@ -383,7 +384,7 @@ pub async fn retry(
     .bind(now_ms)
     .bind(last_step)
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(store.write_turn().await.pool())
     .await
 }
 
@@ -393,7 +394,7 @@ const REPLAY_CHUNK: i64 = 2000;
 /// Enqueues again, with new webhook ids, every lead received in `[since_ms, until_ms]` that
 /// matches `filters`, in lead order, a chunk per transaction. Returns how many.
 pub async fn replay(
-    store: &super::Store,
+    store: &Store,
     destination: &str,
     filters: &LeadFilters,
     since_ms: i64,
@@ -470,12 +471,12 @@ pub struct Backlog {
 }
 
 /// Pending and failed counts, and the oldest pending delivery, per destination that has any.
-pub async fn backlog(pool: &SqlitePool) -> Result<Vec<Backlog>, sqlx::Error> {
+pub async fn backlog(store: &Store) -> Result<Vec<Backlog>, sqlx::Error> {
     sqlx::query_as(
         "SELECT destination, SUM(status = 'pending') AS pending, SUM(status = 'failed') AS failed, \
          MIN(CASE WHEN status = 'pending' THEN created_at END) AS oldest_pending_ms \
          FROM deliveries WHERE status IN ('pending', 'failed') GROUP BY destination",
     )
-    .fetch_all(pool)
+    .fetch_all(store.read_pool())
     .await
 }

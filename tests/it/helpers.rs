@@ -375,13 +375,13 @@ impl TestApp {
     }
 
     pub async fn lead(&self, wamid: &str) -> Option<LeadRow> {
-        ctwa_leads::store::leads::by_wamid(self.store.read_pool(), wamid)
+        ctwa_leads::store::leads::by_wamid(&self.store, wamid)
             .await
             .expect("query")
     }
 
     pub async fn lead_count(&self) -> i64 {
-        ctwa_leads::store::leads::count(self.store.read_pool())
+        ctwa_leads::store::leads::count(&self.store)
             .await
             .expect("count")
     }

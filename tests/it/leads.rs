@@ -161,7 +161,7 @@ async fn click_ids_that_share_their_indexed_tail_are_told_apart() {
     );
     assert_eq!(wamids(&app, &format!("ctwa_clid={tail}")).await, ["w.bare"]);
     assert!(wamids(&app, &format!("ctwa_clid=x{tail}")).await.is_empty());
-    let found = ctwa_leads::store::leads::id_by_clid(app.store.read_pool(), &second)
+    let found = ctwa_leads::store::leads::id_by_clid(&app.store, &second)
         .await
         .unwrap();
     assert_eq!(found, Some(app.lead("w.two").await.unwrap().id));
