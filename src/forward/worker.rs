@@ -393,7 +393,7 @@ fn read_due(reader: Reader, name: String, after: Option<i64>, limit: usize) -> J
             } else {
                 reader.next_due(&name, now).ok().flatten()
             };
-            Ok::<_, rusqlite::Error>((due, full, next))
+            Ok::<_, crate::store::StoreError>((due, full, next))
         };
         let result = read().map_err(|e| e.to_string());
         (reader, result)

@@ -10,7 +10,7 @@ use rusqlite::{params, Connection};
 use sqlx::{FromRow, QueryBuilder, Sqlite};
 
 use super::leads::{LeadRow, COLUMNS};
-use super::Store;
+use super::{Store, StoreError};
 use crate::config::{ForwardingSettings, LeadFilters};
 use crate::leads::packed::LeadView;
 
@@ -186,11 +186,17 @@ impl Reader {
 
     /// Up to `limit` pending deliveries to `destination` due by `now_ms`, oldest due first
     /// (for first attempts, that is lead order).
-    pub fn due(&self, destination: &str, now_ms: i64, limit: usize) -> rusqlite::Result<Vec<Due>> {
-        self.0
+    pub fn due(
+        &self,
+        destination: &str,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Due>, StoreError> {
+        Ok(self
+            .0
             .prepare_cached(&due_sql().all)?
             .query_map(params![destination, now_ms, limit as i64], due_row)?
-            .collect()
+            .collect::<rusqlite::Result<_>>()?)
     }
 
     /// Up to `limit` pending deliveries to `destination` due by `now_ms` with ids above
@@ -203,24 +209,26 @@ impl Reader {
         after: i64,
         now_ms: i64,
         limit: usize,
-    ) -> rusqlite::Result<Vec<Due>> {
-        self.0
+    ) -> Result<Vec<Due>, StoreError> {
+        Ok(self
+            .0
             .prepare_cached(&due_sql().after)?
             .query_map(params![after, destination, now_ms, limit as i64], due_row)?
-            .collect()
+            .collect::<rusqlite::Result<_>>()?)
     }
 
     /// When the next pending delivery to `destination` after `now_ms` falls due, if any.
-    pub fn next_due(&self, destination: &str, now_ms: i64) -> rusqlite::Result<Option<i64>> {
+    pub fn next_due(&self, destination: &str, now_ms: i64) -> Result<Option<i64>, StoreError> {
         use rusqlite::OptionalExtension;
-        self.0
+        Ok(self
+            .0
             .prepare_cached(
                 "SELECT next_attempt_at FROM deliveries \
                  WHERE destination = ?1 AND status = 'pending' AND next_attempt_at > ?2 \
                  ORDER BY next_attempt_at LIMIT 1",
             )?
             .query_row(params![destination, now_ms], |r| r.get(0))
-            .optional()
+            .optional()?)
     }
 }
 
