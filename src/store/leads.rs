@@ -4,10 +4,11 @@
 //! every filter column has a `(column, received_at)` index (the click id: its last 16 characters),
 //! so a page reads an index in order.
 
-use super::Store;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use sqlx::{FromRow, QueryBuilder, Sqlite, SqlitePool};
+
+use super::Store;
 
 /// A stored lead, as the database holds it.
 #[derive(Debug, Clone, FromRow, PartialEq, Eq)]
