@@ -11,6 +11,7 @@ use utoipa_axum::routes;
 use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::store::erasure::Erased;
+use crate::store::StoreError;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(erase_contact))
@@ -20,7 +21,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 const MAX_ID: usize = 128;
 
 /// Erases one person: their leads (by `wa_id` or BSUID `user_id`) and every stored raw delivery
-/// that mentions them. A batch delivery is removed whole; the other people's leads from it stay.
+/// that mentions them, as acknowledged before the request (it waits for the projection to take
+/// those in, about a second under full load). A batch delivery is removed whole; the other
+/// people's leads from it stay.
 #[utoipa::path(
     delete,
     path = "/v1/contacts/{id}",
@@ -31,7 +34,7 @@ const MAX_ID: usize = 128;
         (status = 200, description = "What was removed (zero counts when nothing was stored)", body = Erased),
         (status = 400, description = "An empty, over-long or non-UTF-8 id, or one with control characters", body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
-        (status = 503, description = "The database did not answer; nothing was removed", body = ErrorEnvelope, headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "The database did not answer, or the projection is stuck behind the log; nothing was removed", body = ErrorEnvelope, headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
     )
 )]
 async fn erase_contact(
@@ -56,7 +59,13 @@ async fn erase_contact(
         .store()
         .erase_contact(id)
         .await
-        .map_err(ApiError::database)?;
+        .map_err(|err| match err {
+            StoreError::ProjectionBehind => ApiError::unavailable(
+                "the projection is behind the log; nothing was removed, retry later",
+                err,
+            ),
+            err => ApiError::database(err),
+        })?;
     // The audit trail: that an erasure happened and what it removed, never whose.
     tracing::info!(
         target: "audit",

@@ -2,13 +2,22 @@
 //! mentions them. A raw delivery is removed whole (a batch may hold other people's messages:
 //! their leads stay, only the raw copy goes). "Mentions" is exact: some string (or number) in
 //! the delivery's JSON equals the id, so a longer number that merely contains it is not hit.
+//! An erasure covers what was acknowledged before it: it first waits for the projection to take
+//! that in, then removes the raw deliveries the projection has read and the leads it built.
+
+use std::time::Duration;
 
 use rusqlite::{params, Connection};
 
 use super::leads::CONTACT_LEAD_IDS;
 use super::log::Unpacker;
+use super::projector::watermark;
 use super::writer::open_connection;
 use super::{Store, StoreError};
+
+/// How long an erasure waits for the projection to reach the deliveries acknowledged before it
+/// (the lag is about a second under full load; longer means the projector is stuck).
+const CATCH_UP: Duration = Duration::from_secs(30);
 
 /// What one erasure removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -20,19 +29,33 @@ pub struct Erased {
 }
 
 impl Store {
-    /// Removes everything stored about `id` (a `wa_id` or a BSUID `user_id`): first the raw
-    /// deliveries in the log (so the projector cannot rebuild a lead from them), then the leads.
-    /// Each part is one transaction; repeating a half-done erasure finishes it.
+    /// Removes everything stored about `id` (a `wa_id` or a BSUID `user_id`) that was
+    /// acknowledged before this call: first the raw deliveries in the log, then the leads. Each
+    /// part is one transaction; repeating a half-done erasure finishes it.
+    ///
+    /// It waits for the projection to reach every delivery acknowledged before it
+    /// ([`StoreError::ProjectionBehind`] if the projector is failing, or has not within
+    /// [`CATCH_UP`]). Without that wait, a delivery still waiting for its round would lose its
+    /// raw copy here and then have its leads built anyway (the projector takes them from the
+    /// writer's hand-off, not from the log), or, read back from the log, lose the other
+    /// people's leads it held.
     pub async fn erase_contact(&self, id: String) -> Result<Erased, StoreError> {
+        if !self.caught_up(CATCH_UP, true).await {
+            return Err(StoreError::ProjectionBehind);
+        }
         let (path, log_path, durability) =
             (self.path.clone(), self.log_path.clone(), self.durability);
         let turn = self.turns().take().await;
         super::blocking(move || {
             let _turn = turn;
-            let mut log = open_connection(&log_path, durability)?;
-            let raw_deliveries = erase_raw(&mut log, &id)?;
-            log.close().map_err(|(_, err)| err)?;
             let mut leads = open_connection(&path, durability)?;
+            // The projector commits nothing while this turn is held, so its watermark holds
+            // still. Deliveries past it (acknowledged since this erasure began) are left to
+            // their round, raw copy and leads alike.
+            let projected = watermark(&leads)?;
+            let mut log = open_connection(&log_path, durability)?;
+            let raw_deliveries = erase_raw(&mut log, &id, projected)?;
+            log.close().map_err(|(_, err)| err)?;
             // Their forwarding deliveries and conversion events go with the leads (none exists
             // without its lead), and so do the events Meta detected in their chats (linked by
             // the leads' click ids).
@@ -76,9 +99,10 @@ fn mentions(value: &serde_json::Value, id: &str) -> bool {
     }
 }
 
-/// Deletes every log entry that mentions `id`. Bodies are compressed, so each is unpacked and
-/// read as JSON: a full scan of the log, page by page (erasure is rare; retention bounds the log).
-fn erase_raw(log: &mut Connection, id: &str) -> Result<u64, StoreError> {
+/// Deletes every log entry up to id `upto` that mentions `id`. Bodies are compressed, so each
+/// is unpacked and read as JSON: a full scan of the log, page by page (erasure is rare;
+/// retention bounds the log).
+fn erase_raw(log: &mut Connection, id: &str, upto: i64) -> Result<u64, StoreError> {
     let mut hits = Vec::new();
     let mut after = 0_i64;
     // One decompression context for the whole scan: making one per entry (a zstd context is
@@ -88,9 +112,10 @@ fn erase_raw(log: &mut Connection, id: &str) -> Result<u64, StoreError> {
     loop {
         // Paged, so no read transaction holds the WAL for the whole scan; streamed within the
         // page, as `reextract` reads the log, since a page of 1000-message batches is ~190 MB.
-        let mut stmt = log
-            .prepare_cached("SELECT id, codec, body FROM log WHERE id > ?1 ORDER BY id LIMIT ?2")?;
-        let mut rows = stmt.query(params![after, PAGE])?;
+        let mut stmt = log.prepare_cached(
+            "SELECT id, codec, body FROM log WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
+        )?;
+        let mut rows = stmt.query(params![after, upto, PAGE])?;
         let mut entries = 0;
         while let Some(row) = rows.next()? {
             let entry: i64 = row.get(0)?;

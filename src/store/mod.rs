@@ -70,6 +70,9 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The projection has not reached what a request needs (an erasure waits for it).
+    #[error("the projection is behind the log")]
+    ProjectionBehind,
 }
 
 /// Turns at the leads database's write lock, handed out in arrival order. Several connections
@@ -450,10 +453,17 @@ impl Store {
     /// Waits until every entry durable now is projected, or `timeout` passes; returns whether
     /// it caught up. For tests and tools that read right after writing.
     pub async fn wait_projected(&self, timeout: Duration) -> bool {
+        self.caught_up(timeout, false).await
+    }
+
+    /// Whether the projection reached every entry durable now within `timeout`. With
+    /// `fail_fast`, a projector whose last round failed ends the wait at once (false).
+    async fn caught_up(&self, timeout: Duration, fail_fast: bool) -> bool {
         let target = self.progress.durable.load(Ordering::Acquire);
         let deadline = tokio::time::Instant::now() + timeout;
         while self.progress.projected.load(Ordering::Acquire) < target {
-            if tokio::time::Instant::now() >= deadline {
+            let failing = self.progress.projector_failing.load(Ordering::Acquire);
+            if (fail_fast && failing) || tokio::time::Instant::now() >= deadline {
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;

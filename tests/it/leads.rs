@@ -801,6 +801,89 @@ async fn erasing_a_contact_removes_their_leads_and_every_raw_delivery_that_menti
 }
 
 #[tokio::test]
+async fn an_erasure_right_after_a_delivery_waits_for_its_projection() {
+    // The projector waits a second for company before its round, so the batch below is still in
+    // the writer's hand-off, not yet a lead, when the erasure comes.
+    let app = spawn_with(|s| s.ingest.projection_pace_ms = 1000).await;
+    let batch = delivery(value(
+        "PN1",
+        json!([
+            contact("4915100000066", "Di Erase"),
+            contact("4915100000099", "Ed Keep")
+        ]),
+        json!([
+            referral_message("w.di", "4915100000066", "AD1"),
+            referral_message("w.ed", "4915100000099", "AD1"),
+        ]),
+    ));
+    assert_eq!(app.deliver_no_wait(&batch).await.status(), 200);
+    assert_eq!(app.lead_count().await, 0, "acknowledged, not yet projected");
+    let res = app.delete("/v1/contacts/4915100000066").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"leads": 1, "raw_deliveries": 1}),
+        "the lead acknowledged before the erasure is counted and removed"
+    );
+    app.settle().await;
+    assert!(
+        app.lead("w.di").await.is_none(),
+        "not built again from the hand-off after the erasure"
+    );
+    assert!(
+        app.lead("w.ed").await.is_some(),
+        "the batch's other lead is kept"
+    );
+    assert_eq!(app.event_count().await, 0, "the raw batch is gone");
+}
+
+#[tokio::test]
+async fn an_erasure_while_the_projection_fails_removes_nothing_and_asks_for_a_retry() {
+    let app = spawn_app().await;
+    // Break the read side: the projector's rounds fail, the log keeps acknowledging.
+    let pool = app.outside_pool().await;
+    sqlx::query("ALTER TABLE leads RENAME TO leads_away")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        app.deliver_no_wait(&one_lead("w.stuck")).await.status(),
+        200
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.get_json("/readyz").await["projection"]["failing"] != true {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the projector never failed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let res = app.delete("/v1/contacts/4915100000001").await;
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    let err: Value = res.json().await.unwrap();
+    assert_eq!(err["error"]["type"], "unavailable", "{err}");
+    assert_eq!(
+        app.event_count().await,
+        1,
+        "the raw delivery is not touched"
+    );
+
+    sqlx::query("ALTER TABLE leads_away RENAME TO leads")
+        .execute(&pool)
+        .await
+        .unwrap();
+    app.settle().await;
+    let res = app.delete("/v1/contacts/4915100000001").await;
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"leads": 1, "raw_deliveries": 1}),
+        "the retry removes both"
+    );
+    assert!(app.lead("w.stuck").await.is_none());
+}
+
+#[tokio::test]
 async fn a_contacts_leads_are_found_paged_and_erased_across_id_ranges() {
     let app = spawn_app().await;
     // One contact's leads in three id ranges of the contact indexes (16,384 ids each), their
