@@ -212,7 +212,8 @@ async fn queue(
     let now = Utc::now().timestamp_millis();
     let (row, created) = conversions::insert(state.store(), &new, now)
         .await
-        .map_err(ApiError::database)?;
+        .map_err(ApiError::database)?
+        .ok_or_else(|| ApiError::not_found(format!("no lead with id {lead_id}")))?;
     if row.lead_id != lead_id {
         return Err(ApiError::client(
             StatusCode::CONFLICT,

@@ -77,18 +77,21 @@ pub(super) fn enqueue_lead_submitted(
     Ok(n as u64)
 }
 
-/// Queues `new` unless its `event_id` exists: returns the row, and whether it is new.
+/// Queues `new` unless its `event_id` exists: returns the row, and whether it is new. `None`
+/// when its lead no longer exists (erased since the caller looked it up), so that no event is
+/// left without its lead: it would never fall due, and an erasure would not find it.
 pub async fn insert(
     store: &Store,
     new: &NewConversion,
     now_ms: i64,
-) -> Result<(ConversionRow, bool), sqlx::Error> {
+) -> Result<Option<(ConversionRow, bool)>, sqlx::Error> {
     // Both statements in one turn at the write lock.
     let turn = store.write_turn().await;
     let pool = turn.pool();
     let created: Option<ConversionRow> = sqlx::query_as(&format!(
         "INSERT INTO conversions (event_id, lead_id, event_name, event_time, value, currency, \
-         next_attempt_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7) \
+         next_attempt_at, created_at, updated_at) \
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7 WHERE EXISTS (SELECT 1 FROM leads WHERE id = ?2) \
          ON CONFLICT (event_id) DO NOTHING RETURNING {COLUMNS}"
     ))
     .bind(&new.event_id)
@@ -101,15 +104,15 @@ pub async fn insert(
     .fetch_optional(pool)
     .await?;
     if let Some(row) = created {
-        return Ok((row, true));
+        return Ok(Some((row, true)));
     }
-    let existing = sqlx::query_as(&format!(
+    let existing: Option<ConversionRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM conversions WHERE event_id = ?"
     ))
     .bind(&new.event_id)
-    .fetch_one(pool)
+    .fetch_optional(pool)
     .await?;
-    Ok((existing, false))
+    Ok(existing.map(|row| (row, false)))
 }
 
 /// A conversion due to be sent, with what Meta needs from its lead.

@@ -446,20 +446,22 @@ pub async fn replay(
         let turn = store.write_turn().await;
         let mut tx = turn.pool().begin().await?;
         for (id, _) in &ids {
-            sqlx::query(
+            // From the lead's row, not its id alone: a lead erased since the page was read gets
+            // no delivery (one would wait forever, since only deliveries with a lead fall due).
+            total += sqlx::query(
                 "INSERT INTO deliveries (destination, lead_id, next_attempt_at, created_at, updated_at) \
-                 VALUES (?, ?, ?, ?, ?)",
+                 SELECT ?, id, ?, ?, ? FROM leads WHERE id = ?",
             )
             .bind(destination)
-            .bind(id)
             .bind(due_ms)
             .bind(now_ms)
             .bind(now_ms)
+            .bind(id)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
         }
         tx.commit().await?;
-        total += ids.len() as u64;
         if (ids.len() as i64) < REPLAY_CHUNK {
             break;
         }

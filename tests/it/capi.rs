@@ -589,3 +589,30 @@ async fn erasure_takes_a_person_s_conversions_and_detected_events_along() {
         .unwrap();
     assert_eq!(left, 0);
 }
+
+#[tokio::test]
+async fn an_event_for_a_lead_erased_since_its_look_up_is_not_queued() {
+    let app = spawn_with(|s| capi(s, false)).await;
+    deliver_fresh(&app, "wamid.G1", "4915100000002").await;
+    let id = lead_id(&app, "wamid.G1").await;
+    assert_eq!(app.delete("/v1/contacts/4915100000002").await.status(), 200);
+    // What the handler does after it found the lead: here the erasure came in between.
+    let new = ctwa_leads::store::conversions::NewConversion {
+        event_id: "late".into(),
+        lead_id: id,
+        event_name: "Purchase".into(),
+        event_time: 1_763_800_000,
+        value: None,
+        currency: None,
+    };
+    let queued = ctwa_leads::store::conversions::insert(&app.store, &new, 1)
+        .await
+        .unwrap();
+    assert!(queued.is_none(), "no event without its lead");
+    let pool = app.outside_pool().await;
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM conversions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+}

@@ -444,6 +444,62 @@ async fn replay_sends_every_lead_in_the_range_again_with_new_ids() {
 }
 
 #[tokio::test]
+async fn a_lead_erased_while_a_replay_waits_for_the_write_lock_gets_no_delivery() {
+    let dest = destination().await;
+    answer(&dest, ResponseTemplate::new(200)).await;
+    let url = format!("{}/hook", dest.uri());
+    let app = spawn_with(|s| s.forwarding = forward_config(&[("crm", &url, "")], "[0]")).await;
+    app.deliver(&lead_delivery("wamid.RE0", "800", "ad-1"))
+        .await;
+    app.deliver(&lead_delivery("wamid.RE1", "801", "ad-1"))
+        .await;
+    received(&dest, 2, 10).await;
+    // Another writer takes the leads file's write lock and erases a lead, as an erasure does,
+    // but commits only after the replay has read its page of leads (readers see the file as
+    // it was) and is waiting for that lock.
+    let pool = app.outside_pool().await;
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    for sql in [
+        "DELETE FROM deliveries WHERE lead_id IN (SELECT id FROM leads WHERE wamid = 'wamid.RE1')",
+        "DELETE FROM leads WHERE wamid = 'wamid.RE1'",
+    ] {
+        sqlx::query(sql).execute(&mut *conn).await.unwrap();
+    }
+    let (res, ()) = tokio::join!(
+        app.post("/v1/forward/crm/replay?since=2020-01-01T00:00:00Z"),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            sqlx::query("COMMIT").execute(&mut *conn).await.unwrap();
+        }
+    );
+    assert_eq!(res.status(), 202);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["enqueued"],
+        1,
+        "only the lead that still exists"
+    );
+    received(&dest, 3, 10).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pending = app.get_json("/v1/deliveries?status=pending").await["data"]
+            .as_array()
+            .map_or(0, Vec::len);
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a delivery stays pending without its lead"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
 async fn retry_makes_a_failed_delivery_due_now() {
     let dest = destination().await;
     Mock::given(method("POST"))
