@@ -55,9 +55,11 @@ async fn erase_contact(
             "id: expected a wa_id or user_id of 1 to {MAX_ID} characters"
         )));
     }
+    // The wait for the projection gets a third of the request's time: the scan needs the rest.
+    let catch_up = state.request_timeout() / 3;
     let erased = state
         .store()
-        .erase_contact(id)
+        .erase_contact(id, catch_up)
         .await
         .map_err(|err| match err {
             StoreError::ProjectionBehind => ApiError::unavailable(

@@ -15,10 +15,6 @@ use super::projector::watermark;
 use super::writer::open_connection;
 use super::{Store, StoreError};
 
-/// How long an erasure waits for the projection to reach the deliveries acknowledged before it
-/// (the lag is about a second under full load; longer means the projector is stuck).
-const CATCH_UP: Duration = Duration::from_secs(30);
-
 /// What one erasure removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Erased {
@@ -35,12 +31,16 @@ impl Store {
     ///
     /// It waits for the projection to reach every delivery acknowledged before it
     /// ([`StoreError::ProjectionBehind`] if the projector is failing, or has not within
-    /// [`CATCH_UP`]). Without that wait, a delivery still waiting for its round would lose its
-    /// raw copy here and then have its leads built anyway (the projector takes them from the
-    /// writer's hand-off, not from the log), or, read back from the log, lose the other
-    /// people's leads it held.
-    pub async fn erase_contact(&self, id: String) -> Result<Erased, StoreError> {
-        if !self.caught_up(CATCH_UP, true).await {
+    /// `catch_up`; the lag is about a second under full load). Without that wait, a delivery
+    /// still waiting for its round would lose its raw copy here and then have its leads built
+    /// anyway (the projector takes them from the writer's hand-off, not from the log), or, read
+    /// back from the log, lose the other people's leads it held.
+    pub async fn erase_contact(
+        &self,
+        id: String,
+        catch_up: Duration,
+    ) -> Result<Erased, StoreError> {
+        if !self.caught_up(catch_up, true).await {
             return Err(StoreError::ProjectionBehind);
         }
         let (path, log_path, durability) =
