@@ -516,6 +516,18 @@ pub fn delivery_of(entries: Vec<(&str, Vec<(&str, Value)>)>) -> Vec<u8> {
 }
 
 /// The simplest lead-carrying delivery.
+/// One delivery holding two people's referral messages, each `(wa_id, name, wamid)`, on ad AD1.
+pub fn batch_of_two(a: (&str, &str, &str), b: (&str, &str, &str)) -> Vec<u8> {
+    delivery(value(
+        "PN1",
+        json!([contact(a.0, a.1), contact(b.0, b.1)]),
+        json!([
+            referral_message(a.2, a.0, "AD1"),
+            referral_message(b.2, b.0, "AD1"),
+        ]),
+    ))
+}
+
 pub fn one_lead(wamid: &str) -> Vec<u8> {
     delivery(value(
         "PN1",

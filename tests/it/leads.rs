@@ -724,17 +724,10 @@ async fn erasing_a_contact_removes_their_leads_and_every_raw_delivery_that_menti
     // Keep every raw delivery, so the status update below is stored to be erased.
     let app = spawn_with(|s| s.retention.keep_raw = ctwa_leads::config::KeepRaw::All).await;
     // A batch: Ana's and Bo's leads in one delivery.
-    let batch = delivery(value(
-        "PN1",
-        json!([
-            contact("4915100000077", "Ana Erase"),
-            contact("4915100000088", "Bo Keep")
-        ]),
-        json!([
-            referral_message("w.ana", "4915100000077", "AD1"),
-            referral_message("w.bo", "4915100000088", "AD1"),
-        ]),
-    ));
+    let batch = batch_of_two(
+        ("4915100000077", "Ana Erase", "w.ana"),
+        ("4915100000088", "Bo Keep", "w.bo"),
+    );
     assert_eq!(app.deliver(&batch).await.status(), 200);
     // A status update addressed to Ana: no lead, but it names her.
     let status = delivery(
@@ -805,17 +798,10 @@ async fn an_erasure_right_after_a_delivery_waits_for_its_projection() {
     // The projector waits a second for company before its round, so the batch below is still in
     // the writer's hand-off, not yet a lead, when the erasure comes.
     let app = spawn_with(|s| s.ingest.projection_pace_ms = 1000).await;
-    let batch = delivery(value(
-        "PN1",
-        json!([
-            contact("4915100000066", "Di Erase"),
-            contact("4915100000099", "Ed Keep")
-        ]),
-        json!([
-            referral_message("w.di", "4915100000066", "AD1"),
-            referral_message("w.ed", "4915100000099", "AD1"),
-        ]),
-    ));
+    let batch = batch_of_two(
+        ("4915100000066", "Di Erase", "w.di"),
+        ("4915100000099", "Ed Keep", "w.ed"),
+    );
     assert_eq!(app.deliver_no_wait(&batch).await.status(), 200);
     assert_eq!(app.lead_count().await, 0, "acknowledged, not yet projected");
     let res = app.delete("/v1/contacts/4915100000066").await;
