@@ -5,6 +5,7 @@
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::Json;
+use tracing::Instrument;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -57,10 +58,26 @@ async fn erase_contact(
     }
     // The wait for the projection gets a third of the request's time: the scan needs the rest.
     let catch_up = state.request_timeout() / 3;
-    let erased = state
-        .store()
-        .erase_contact(id, catch_up)
+    let store = state.store().clone();
+    // A task of its own: once begun, an erasure finishes and leaves its audit line even if the
+    // request is timed out or its client goes away (a large log takes a while to scan).
+    let erasure = tokio::spawn(
+        async move {
+            let erased = store.erase_contact(id, catch_up).await?;
+            // The audit trail: that an erasure happened and what it removed, never whose.
+            tracing::info!(
+                target: "audit",
+                leads = erased.leads,
+                raw_deliveries = erased.raw_deliveries,
+                "erasure request carried out"
+            );
+            Ok::<_, StoreError>(erased)
+        }
+        .instrument(tracing::Span::current()),
+    );
+    let erased = erasure
         .await
+        .map_err(ApiError::internal)?
         .map_err(|err| match err {
             StoreError::ProjectionBehind => ApiError::unavailable(
                 "the projection is behind the log; nothing was removed, retry later",
@@ -68,12 +85,5 @@ async fn erase_contact(
             ),
             err => ApiError::database(err),
         })?;
-    // The audit trail: that an erasure happened and what it removed, never whose.
-    tracing::info!(
-        target: "audit",
-        leads = erased.leads,
-        raw_deliveries = erased.raw_deliveries,
-        "erasure request carried out"
-    );
     Ok(Json(erased))
 }

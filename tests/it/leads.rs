@@ -824,6 +824,54 @@ async fn an_erasure_right_after_a_delivery_waits_for_its_projection() {
 }
 
 #[tokio::test]
+async fn an_erasure_that_outlasts_its_request_still_finishes_and_is_audited() {
+    let app = spawn_with(|s| s.server.request_timeout_secs = 1).await;
+    assert_eq!(app.deliver(&one_lead("w.slow")).await.status(), 200);
+    // Another writer holds the leads file's write lock past the request's deadline, so the
+    // erasure's last step waits for it.
+    let pool = app.outside_pool().await;
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let res = app
+        .client
+        .delete(app.url("/v1/contacts/4915100000001"))
+        .bearer_auth(API_TOKEN)
+        .header("x-request-id", "erasure-outlasted-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 408);
+    sqlx::query("COMMIT").execute(&mut *conn).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.lead("w.slow").await.is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the erasure did not finish"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.event_count().await, 0);
+    if captured_logs().is_some() {
+        let audited = || {
+            captured_logs().unwrap_or_default().lines().any(|l| {
+                l.contains("request_id=erasure-outlasted-1")
+                    && l.contains("erasure request carried out")
+            })
+        };
+        while !audited() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no audit line for the erasure"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
 async fn an_erasure_while_the_projection_fails_removes_nothing_and_asks_for_a_retry() {
     let app = spawn_app().await;
     // Break the read side: the projector's rounds fail, the log keeps acknowledging.
