@@ -457,12 +457,7 @@ async fn a_lead_erased_while_a_replay_waits_for_the_write_lock_gets_no_delivery(
     // Another writer takes the leads file's write lock and erases a lead, as an erasure does,
     // but commits only after the replay has read its page of leads (readers see the file as
     // it was) and is waiting for that lock.
-    let pool = app.outside_pool().await;
-    let mut conn = pool.acquire().await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    let mut conn = app.outside_writer().await;
     for sql in [
         "DELETE FROM deliveries WHERE lead_id IN (SELECT id FROM leads WHERE wamid = 'wamid.RE1')",
         "DELETE FROM leads WHERE wamid = 'wamid.RE1'",

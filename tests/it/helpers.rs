@@ -393,7 +393,22 @@ impl TestApp {
             .expect("open the database")
     }
 
-    /// Log entries, i.e. raw deliveries kept.
+    /// A connection of its own to the app's leads file that holds the file's write lock
+    /// (`BEGIN IMMEDIATE`), as another writer would, until the test sends `COMMIT` on it.
+    pub async fn outside_writer(&self) -> sqlx::pool::PoolConnection<sqlx::Sqlite> {
+        let mut conn = self
+            .outside_pool()
+            .await
+            .acquire()
+            .await
+            .expect("a connection");
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .expect("the write lock");
+        conn
+    }
+
     /// A connection of its own to the app's delivery log.
     pub async fn outside_log(&self) -> sqlx::SqlitePool {
         sqlx::SqlitePool::connect(&format!("sqlite://{}", self.store.log_path().display()))
@@ -401,6 +416,7 @@ impl TestApp {
             .expect("open the log")
     }
 
+    /// Log entries, i.e. raw deliveries kept.
     pub async fn event_count(&self) -> usize {
         self.store.log_entries().await.expect("log entries") as usize
     }

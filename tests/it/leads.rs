@@ -829,12 +829,7 @@ async fn an_erasure_that_outlasts_its_request_still_finishes_and_is_audited() {
     assert_eq!(app.deliver(&one_lead("w.slow")).await.status(), 200);
     // Another writer holds the leads file's write lock past the request's deadline, so the
     // erasure's last step waits for it.
-    let pool = app.outside_pool().await;
-    let mut conn = pool.acquire().await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    let mut conn = app.outside_writer().await;
     let res = app
         .client
         .delete(app.url("/v1/contacts/4915100000001"))
