@@ -6,9 +6,10 @@
 # delivery and KB written per acknowledged delivery (/proc/PID/io write_bytes) over the measured
 # seconds, each server's peak RSS (VmHWM, warm-up included), and B's CPU and bytes per delivery
 # as ratios of A's. Run it
-# several times and swap A and B: one pair differs by up to ±8% when A and B are the same
-# build. It compares our builds with each other, so there is no peer; bench/run.sh has the
-# peer ratios.
+# several times and swap A and B: one pair of the same build differed by up to ±8% while the
+# load generator drew its templates from the clock, and by 0.980-1.007 in four pairs since it
+# keeps them fixed (2026-12-07). It compares our builds with each other, so there is no peer;
+# bench/run.sh has the peer ratios.
 #
 #   bench/side_by_side.sh A_BINARY B_BINARY [connections each, default 32] [seconds, default 20]
 #   MIX=statuses for the status-heavy mix; RUST_LOG for both servers (default info, the service's default)
@@ -20,7 +21,7 @@
 #                      bench/side_by_side.sh target/release/ctwa-leads /tmp/a; done
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n '2,18s/^# \{0,1\}//p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,21s/^# \{0,1\}//p' "$0"; exit 2; }
 A=$(readlink -f "$1")
 B=$(readlink -f "$2")
 CONNS=${3:-32}
