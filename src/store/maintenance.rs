@@ -136,16 +136,24 @@ fn reextract_blocking(
 /// `wamid` index. It only ever answers "stored" for a wamid it read from the table in the
 /// page's transaction; a lead it did not meet (stored out of log order, or not stored) takes
 /// that look-up as before, so it makes reextract faster and never changes what it stores.
+/// The cursor starts at the first lead of the first entry read, found by a binary search, so a
+/// `--since` run does not walk the leads of every entry before it.
 #[derive(Default)]
 struct StoredAhead {
     /// The id of the last lead read.
     after: i64,
+    /// Whether the cursor has been placed at the first entry's leads.
+    placed: bool,
 }
 
 impl StoredAhead {
     /// Reads on from the cursor up to the first lead of a later entry than `event`; returns
     /// the wamids of the leads of `event` (those of earlier entries are passed over).
     fn read(&mut self, conn: &Connection, event: i64) -> rusqlite::Result<HashSet<String>> {
+        if !self.placed {
+            self.after = self.after.max(first_lead_of(conn, event)? - 1);
+            self.placed = true;
+        }
         let mut stmt =
             conn.prepare_cached("SELECT id, event_id, wamid FROM leads WHERE id > ?1 ORDER BY id")?;
         let mut rows = stmt.query(params![self.after])?;
@@ -162,6 +170,34 @@ impl StoredAhead {
         }
         Ok(stored)
     }
+}
+
+/// The smallest id `x` such that the first lead at or after `x` belongs to entry `event` or a
+/// later one (one past the last lead if none does). A binary search over the ids, about 2 ×
+/// log2(leads) single-row reads: leads are stored in log order, so their entries rise with
+/// their ids. Where a lead was stored out of that order the search may start past some of an
+/// entry's leads, which then take the index look-up; it never changes what is stored.
+fn first_lead_of(conn: &Connection, event: i64) -> rusqlite::Result<i64> {
+    let (min, max): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT MIN(id), MAX(id) FROM leads", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let (Some(mut lo), Some(max)) = (min, max) else {
+        return Ok(1);
+    };
+    let mut stmt =
+        conn.prepare_cached("SELECT event_id FROM leads WHERE id >= ?1 ORDER BY id LIMIT 1")?;
+    let mut hi = max + 1;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let entry: i64 = stmt.query_row(params![mid], |r| r.get(0))?;
+        if entry >= event {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(lo)
 }
 
 /// Deletes up to [`PRUNE_BATCH`] log entries received before `cutoff_ms` and already projected
@@ -312,5 +348,58 @@ mod tests {
         assert_eq!(ahead.read(&conn, 5).unwrap(), set(&["e"]));
         assert_eq!(ahead.read(&conn, 6).unwrap(), set(&[]));
         assert_eq!(ahead.after, 6);
+    }
+
+    /// Leads 1..=3000 of entries 1..=1000 (three each), with gaps where leads were erased.
+    fn leads_of_a_thousand_entries() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE leads (id INTEGER PRIMARY KEY, event_id INTEGER NOT NULL, wamid TEXT)",
+        )
+        .unwrap();
+        for id in 1..=3000_i64 {
+            conn.execute(
+                "INSERT INTO leads VALUES (?1, ?2, ?3)",
+                params![id, (id + 2) / 3, format!("w{id}")],
+            )
+            .unwrap();
+        }
+        conn.execute_batch("DELETE FROM leads WHERE id BETWEEN 1498 AND 1510")
+            .unwrap();
+        conn
+    }
+
+    #[test]
+    fn the_cursor_starts_at_the_first_entry_s_leads() {
+        let conn = leads_of_a_thousand_entries();
+        // Entry 700's leads are 2098..=2100.
+        assert_eq!(first_lead_of(&conn, 700).unwrap(), 2098);
+        assert_eq!(first_lead_of(&conn, 1).unwrap(), 1);
+        // Entries 500..=503 lost their leads (1498..=1509, and 1510 of entry 504): entry 501's
+        // search ends just past entry 499's last lead, and the next lead read is 1511.
+        assert_eq!(first_lead_of(&conn, 501).unwrap(), 1498);
+        // Past the last entry: one past the last lead. No leads at all: from the start.
+        assert_eq!(first_lead_of(&conn, 5000).unwrap(), 3001);
+        conn.execute_batch("DELETE FROM leads").unwrap();
+        assert_eq!(first_lead_of(&conn, 7).unwrap(), 1);
+
+        let conn = leads_of_a_thousand_entries();
+        // A lead of entry 700 stored far out of log order: the search never lands on it, so
+        // it is not met (it takes the index look-up). A cursor walking from the first lead
+        // would have met it.
+        conn.execute_batch("UPDATE leads SET event_id = 700 WHERE id = 2")
+            .unwrap();
+        let mut ahead = StoredAhead::default();
+        let set = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<HashSet<_>>();
+        assert_eq!(
+            ahead.read(&conn, 700).unwrap(),
+            set(&["w2098", "w2099", "w2100"])
+        );
+        // Only entry 700's leads were read: the cursor did not walk the 2,084 before them.
+        assert_eq!(ahead.after, 2100);
+        assert_eq!(
+            ahead.read(&conn, 701).unwrap(),
+            set(&["w2101", "w2102", "w2103"])
+        );
     }
 }
