@@ -246,7 +246,7 @@ struct Template {
 /// The mix is dealt, not drawn: template `i` of 512 has kind `i × 100 / 512`, so each kind of
 /// delivery has its share of the templates exactly (384 of 512 status-only for `--mix
 /// statuses`), and batches hold 2, 3, 4 and 5 messages in turn. Drawn, one seed's set had 363
-/// status-only templates and a third more referral messages than the mix describes.
+/// status-only templates and a quarter more referral messages than the mix describes.
 fn templates(rng: &mut Rng, statuses_share: u64) -> Vec<Template> {
     let mut batches = 0;
     (0..512_u64)
