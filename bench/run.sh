@@ -65,8 +65,9 @@ start() { # ceiling|durable|peer [keep: reuse the files of the previous run]
   sync
   case $1 in
     peer) node bench/peer/server.js "$PORT" "$SECRET" "$DB/peer.db" 2 >"$WORK/server.log" 2>&1 & ;;
-    ceiling) CTWA_INGEST__CEILING_MODE=true CTWA_DATABASE__URL="sqlite://$DB/bench.db" RUST_LOG="${RUST_LOG:-info}" ./target/release/ctwa-leads serve --config "$WORK/config.toml" >"$WORK/server.log" 2>&1 & ;;
-    *) CTWA_DATABASE__URL="sqlite://$DB/bench.db" RUST_LOG="${RUST_LOG:-info}" ./target/release/ctwa-leads serve --config "$WORK/config.toml" >"$WORK/server.log" 2>&1 & ;;
+    *) CTWA_INGEST__CEILING_MODE=$([ "$1" = ceiling ] && echo true || echo false) \
+      CTWA_DATABASE__URL="sqlite://$DB/bench.db" RUST_LOG="${RUST_LOG:-info}" \
+      ./target/release/ctwa-leads serve --config "$WORK/config.toml" >"$WORK/server.log" 2>&1 & ;;
   esac
   SERVER=$!
   for _ in $(seq 100); do curl -fs "$URL/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
