@@ -30,6 +30,18 @@ SECRET=bench-app-secret
 TOKEN=bench-api-token
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+# No run's files are removed before the end (see start, below), so the whole run must fit at
+# once. A generous bound: ~4 KB per prefilled lead (the grown database, its log included), and
+# ~60 MB per second of each of the six sustained runs (up to ~20,000 deliveries/s at up to
+# ~3 KB of files each), ~15 MB per second of the status-only burst. The 2M-lead, 60 s run used
+# less than this bound asks (the last line of the output says how much); DISK_CHECK=0 skips it.
+NEED_MB=$(( PREFILL * 4 / 1024 + DURATION * 6 * 60 + BURST * 15 ))
+FREE_MB=$(df -Pm "$WORK" | awk 'NR == 2 {print $4}')
+if [ "${DISK_CHECK:-1}" != 0 ] && [ "$FREE_MB" -lt "$NEED_MB" ]; then
+  echo "bench/run.sh: $WORK has $FREE_MB MB free; this run keeps up to ~$NEED_MB MB until it ends." >&2
+  echo "Lower PREFILL or the seconds per run, point TMPDIR at a larger disk, or set DISK_CHECK=0." >&2
+  exit 1
+fi
 ulimit -n 65536 2>/dev/null || true
 
 cargo build --release --locked --quiet --bin ctwa-leads --example loadgen
@@ -159,3 +171,4 @@ python3 -c "b, d, a = ${RPS[statuses-ceiling]}, ${RPS[statuses-durable]}, ${RPS[
 [ -n "${RPS[grown-durable64]:-}" ] && python3 -c "print(f'grown to $PREFILL leads: {${RPS[grown-durable64]} / ${RPS[durable64]}:.2f} of the empty-database figure at full load; paced at {${RPS[grown-paced64]} / ${RPS[durable64]}:.2f} of it (lag in its row)')"
 echo "idle RSS (durable): ${IDLE_RSS} MB"
 echo "$BATCH"
+echo "files kept by this run at its end: $(du -sm "$WORK" | cut -f1) MB (the disk check asked for $NEED_MB MB free)"
