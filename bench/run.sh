@@ -93,7 +93,7 @@ hwm_mb() { local t=0; for p in "${PIDS[@]}"; do t=$(( t + $(awk '/^VmHWM/{print 
 . bench/cpu.sh
 field() { python3 -c "import json,sys; v=json.loads(sys.argv[1])[sys.argv[2]]; print(round(v, 3) if isinstance(v, float) else v)" "$1" "$2"; }
 
-declare -A ROW RPS
+declare -A ROW RPS P99
 run() { # key mode conns mix seconds [warm-up loadgen args]; KEEP=keep reuses the last files,
   # RATE paces both the warm-up and the measured run (deliveries/s)
   local key=$1 mode=$2 conns=$3 mix=$4 secs=$5; shift 5
@@ -121,6 +121,7 @@ run() { # key mode conns mix seconds [warm-up loadgen args]; KEEP=keep reuses th
   local ok; ok=$(field "$line" ok)
   local kb; kb=$(python3 -c "print(round(($after - $before) / max($ok, 1) / 1024, 1))")
   RPS[$key]=$(python3 -c "print(round($(field "$line" rps)))")
+  P99[$key]=$(field "$line" p99_ms)
   local per="/ $CLK_TCK * 1e6 / max(1, $(field "$line" rps) * ($t1 - $t0))"
   local cpu; cpu=$(python3 -c "print(round(($cpu1 - $cpu0) $per))")
   local lg="–"; [ -n "$lg_ok" ] && lg=$(python3 -c "print(round(($lg1 - $lg0) $per))")
@@ -167,6 +168,18 @@ echo
 for c in 16 64; do
   python3 -c "print(f'$c connections: durable ÷ peer {${RPS[durable$c]} / ${RPS[peer$c]}:.2f}, durable ÷ ceiling {${RPS[durable$c]} / ${RPS[ceiling$c]}:.2f}')"
 done
+# The load is closed-loop, so the mean acknowledgement time is the connections ÷ the
+# deliveries/s (Little's law) and the p99 a multiple of it: the multiple is the tail's shape,
+# the mean is the throughput's. The last figure is the rate a 10 ms p99 needs at durable's shape.
+python3 - "${RPS[ceiling64]}" "${P99[ceiling64]}" "${RPS[durable64]}" "${P99[durable64]}" \
+  "${RPS[peer64]}" "${P99[peer64]}" <<'PY'
+import sys
+v = [float(a) for a in sys.argv[1:]]
+m = {k: v[2 * i + 1] / (64 / v[2 * i] * 1000) for i, k in enumerate(("ceiling", "durable", "peer"))}
+print(f"64 connections, p99 ÷ closed-loop mean (64 ÷ deliveries/s): durable {m['durable']:.2f},"
+      f" peer {m['peer']:.2f}, ceiling {m['ceiling']:.2f}; a 10 ms p99 at durable's multiple"
+      f" needs {64 * m['durable'] / 10 * 1000:,.0f} deliveries/s")
+PY
 python3 -c "b, d, a = ${RPS[statuses-ceiling]}, ${RPS[statuses-durable]}, ${RPS[statuses-ceiling-after]}; print(f'statuses burst: durable ÷ ceiling {d / b:.2f} (ceiling before), {d / a:.2f} (after), {2 * d / (a + b):.2f} (their mean)')"
 [ -n "${RPS[grown-durable64]:-}" ] && python3 -c "print(f'grown to $PREFILL leads: {${RPS[grown-durable64]} / ${RPS[durable64]}:.2f} of the empty-database figure at full load; paced at {${RPS[grown-paced64]} / ${RPS[durable64]}:.2f} of it (lag in its row)')"
 echo "idle RSS (durable): ${IDLE_RSS} MB"
