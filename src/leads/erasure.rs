@@ -69,6 +69,7 @@ async fn erase_contact(
                 target: "audit",
                 leads = erased.leads,
                 raw_deliveries = erased.raw_deliveries,
+                unreadable_raw_deliveries = erased.unreadable_raw_deliveries,
                 "erasure request carried out"
             );
             Ok::<_, StoreError>(erased)

@@ -22,6 +22,10 @@ pub struct Erased {
     pub leads: u64,
     /// Raw deliveries that mentioned the id.
     pub raw_deliveries: u64,
+    /// Raw deliveries whose stored body no longer unpacks (a damaged page, or a codec of a
+    /// later version), so this erasure could not tell whether they mention the id. They are
+    /// kept, and an error log line names each one's log id. Zero on a sound log.
+    pub unreadable_raw_deliveries: u64,
 }
 
 impl Store {
@@ -54,7 +58,7 @@ impl Store {
             // their round, raw copy and leads alike.
             let projected = watermark(&leads)?;
             let mut log = open_connection(&log_path, durability)?;
-            let raw_deliveries = erase_raw(&mut log, &id, projected)?;
+            let raw = erase_raw(&mut log, &id, projected)?;
             log.close().map_err(|(_, err)| err)?;
             // Their forwarding deliveries and conversion events go with the leads (none exists
             // without its lead), and so do the events Meta detected in their chats (linked by
@@ -78,7 +82,8 @@ impl Store {
             leads.close().map_err(|(_, err)| err)?;
             Ok(Erased {
                 leads: removed,
-                raw_deliveries,
+                raw_deliveries: raw.removed,
+                unreadable_raw_deliveries: raw.unreadable,
             })
         })
         .await
@@ -135,11 +140,20 @@ impl<'a> ByteFilter<'a> {
     }
 }
 
+/// What [`erase_raw`] did: entries removed, and entries it could not read.
+struct RawErased {
+    removed: u64,
+    unreadable: u64,
+}
+
 /// Deletes every log entry up to id `upto` that mentions `id`. Bodies are compressed, so each
 /// is unpacked and read as JSON: a full scan of the log, page by page (erasure is rare;
-/// retention bounds the log).
-fn erase_raw(log: &mut Connection, id: &str, upto: i64) -> Result<u64, StoreError> {
+/// retention bounds the log). An entry that does not unpack is counted and logged, not
+/// guessed at: failing on it would refuse every erasure until someone repaired the log, and
+/// removing it would lose a delivery that a later build might read.
+fn erase_raw(log: &mut Connection, id: &str, upto: i64) -> Result<RawErased, StoreError> {
     let mut hits = Vec::new();
+    let mut unreadable = 0;
     let mut after = 0_i64;
     // One decompression context for the whole scan: making one per entry (a zstd context is
     // about 100 KB, allocated and freed each time) took an erasure over 391,964 entries from
@@ -158,7 +172,19 @@ fn erase_raw(log: &mut Connection, id: &str, upto: i64) -> Result<u64, StoreErro
             let entry: i64 = row.get(0)?;
             after = entry;
             entries += 1;
-            let raw = unpacker.unpack(row.get(1)?, row.get(2)?)?;
+            let raw = match unpacker.unpack(row.get(1)?, row.get(2)?) {
+                Ok(raw) => raw,
+                Err(err) => {
+                    unreadable += 1;
+                    tracing::error!(
+                        entry,
+                        %err,
+                        "an erasure could not read this log entry, so could not check whether it \
+                         mentions the person; it is kept (remove it by hand if it may)"
+                    );
+                    continue;
+                }
+            };
             // Most bodies are ruled out by their bytes; only the others are parsed. A body
             // that is not JSON but holds the id's bytes is removed too: nothing is kept that
             // might name the person.
@@ -181,7 +207,10 @@ fn erase_raw(log: &mut Connection, id: &str, upto: i64) -> Result<u64, StoreErro
         removed += tx.execute("DELETE FROM log WHERE id = ?1", params![entry])? as u64;
     }
     tx.commit()?;
-    Ok(removed)
+    Ok(RawErased {
+        removed,
+        unreadable,
+    })
 }
 
 #[cfg(test)]

@@ -750,7 +750,10 @@ async fn erasing_a_contact_removes_their_leads_and_every_raw_delivery_that_menti
     let res = app.delete("/v1/contacts/4915100000077").await;
     assert_eq!(res.status(), 200);
     let erased: Value = res.json().await.unwrap();
-    assert_eq!(erased, json!({"leads": 1, "raw_deliveries": 2}));
+    assert_eq!(
+        erased,
+        json!({"leads": 1, "raw_deliveries": 2, "unreadable_raw_deliveries": 0})
+    );
     assert!(app.lead("w.ana").await.is_none());
     assert!(
         app.lead("w.bo").await.is_some(),
@@ -762,14 +765,14 @@ async fn erasing_a_contact_removes_their_leads_and_every_raw_delivery_that_menti
     let res = app.delete("/v1/contacts/US.erase.1").await;
     assert_eq!(
         res.json::<Value>().await.unwrap(),
-        json!({"leads": 1, "raw_deliveries": 1})
+        json!({"leads": 1, "raw_deliveries": 1, "unreadable_raw_deliveries": 0})
     );
     assert!(app.lead("w.cy").await.is_none());
     // Nothing left: zero counts, still 200.
     let res = app.delete("/v1/contacts/4915100000077").await;
     assert_eq!(
         res.json::<Value>().await.unwrap(),
-        json!({"leads": 0, "raw_deliveries": 0})
+        json!({"leads": 0, "raw_deliveries": 0, "unreadable_raw_deliveries": 0})
     );
     if let Some(logs) = captured_logs() {
         let audit: Vec<&str> = logs
@@ -794,6 +797,47 @@ async fn erasing_a_contact_removes_their_leads_and_every_raw_delivery_that_menti
 }
 
 #[tokio::test]
+async fn an_unreadable_raw_delivery_does_not_block_an_erasure_and_is_counted() {
+    let app = spawn_app().await;
+    for (wamid, other) in [("w.fa1", "w.gu"), ("w.fa2", "w.ha")] {
+        let batch = batch_of_two(
+            ("4915100000055", "Fa Erase", wamid),
+            ("4915100000044", "Gu Keep", other),
+        );
+        assert_eq!(app.deliver(&batch).await.status(), 200);
+    }
+    app.settle().await;
+    // The second entry's body no longer unpacks (a damaged page, or a codec of a later
+    // version after a downgrade): this build cannot tell whether it names Fa.
+    let log = app.outside_log().await;
+    let damaged: i64 = sqlx::query_scalar("SELECT MAX(id) FROM log")
+        .fetch_one(&log)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE log SET body = x'00010203' WHERE id = ?")
+        .bind(damaged)
+        .execute(&log)
+        .await
+        .unwrap();
+    let res = app.delete("/v1/contacts/4915100000055").await;
+    assert_eq!(res.status(), 200, "the rest of the erasure is carried out");
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"leads": 2, "raw_deliveries": 1, "unreadable_raw_deliveries": 1})
+    );
+    assert!(app.lead("w.fa1").await.is_none() && app.lead("w.fa2").await.is_none());
+    assert!(app.lead("w.ha").await.is_some());
+    assert_eq!(app.event_count().await, 1, "the unreadable entry is kept");
+    if let Some(logs) = captured_logs() {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("could not read") && l.contains(&format!("entry={damaged}"))),
+            "the entry is named for the operator"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_erasure_right_after_a_delivery_waits_for_its_projection() {
     // The projector waits a second for company before its round, so the batch below is still in
     // the writer's hand-off, not yet a lead, when the erasure comes.
@@ -808,7 +852,7 @@ async fn an_erasure_right_after_a_delivery_waits_for_its_projection() {
     assert_eq!(res.status(), 200);
     assert_eq!(
         res.json::<Value>().await.unwrap(),
-        json!({"leads": 1, "raw_deliveries": 1}),
+        json!({"leads": 1, "raw_deliveries": 1, "unreadable_raw_deliveries": 0}),
         "the lead acknowledged before the erasure is counted and removed"
     );
     app.settle().await;
@@ -906,7 +950,7 @@ async fn an_erasure_while_the_projection_fails_removes_nothing_and_asks_for_a_re
     let res = app.delete("/v1/contacts/4915100000001").await;
     assert_eq!(
         res.json::<Value>().await.unwrap(),
-        json!({"leads": 1, "raw_deliveries": 1}),
+        json!({"leads": 1, "raw_deliveries": 1, "unreadable_raw_deliveries": 0}),
         "the retry removes both"
     );
     assert!(app.lead("w.stuck").await.is_none());
