@@ -10,8 +10,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection};
 
 use super::leads::CONTACT_LEAD_IDS;
-use super::log::Unpacker;
 use super::projector::watermark;
+use super::scan::{Entry, LogScan};
 use super::writer::open_connection;
 use super::{Store, StoreError};
 
@@ -154,53 +154,36 @@ struct RawErased {
 fn erase_raw(log: &mut Connection, id: &str, upto: i64) -> Result<RawErased, StoreError> {
     let mut hits = Vec::new();
     let mut unreadable = 0;
-    let mut after = 0_i64;
-    // One decompression context for the whole scan: making one per entry (a zstd context is
-    // about 100 KB, allocated and freed each time) took an erasure over 391,964 entries from
-    // 8.0–8.6 s to 16.3–16.4 s.
-    let mut unpacker = Unpacker::new();
     let bytes = ByteFilter::new(id);
-    loop {
-        // Paged, so no read transaction holds the WAL for the whole scan; streamed within the
-        // page, as `reextract` reads the log, since a page of 1000-message batches is ~190 MB.
-        let mut stmt = log.prepare_cached(
-            "SELECT id, codec, body FROM log WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
-        )?;
-        let mut rows = stmt.query(params![after, upto, PAGE])?;
-        let mut entries = 0;
-        while let Some(row) = rows.next()? {
-            let entry: i64 = row.get(0)?;
-            after = entry;
-            entries += 1;
-            let raw = match unpacker.unpack(row.get(1)?, row.get(2)?) {
-                Ok(raw) => raw,
-                Err(err) => {
-                    unreadable += 1;
-                    tracing::error!(
-                        entry,
-                        %err,
-                        "an erasure could not read this log entry, so could not check whether it \
-                         mentions the person; it is kept (remove it by hand if it may)"
-                    );
-                    continue;
-                }
-            };
-            // Most bodies are ruled out by their bytes; only the others are parsed. A body
-            // that is not JSON but holds the id's bytes is removed too: nothing is kept that
-            // might name the person.
-            let hit = bytes.might_mention(&raw)
-                && match serde_json::from_slice::<serde_json::Value>(&raw) {
-                    Ok(value) => mentions(&value, id),
-                    Err(_) => bytes.holds_id(&raw),
-                };
-            if hit {
-                hits.push(entry);
+    let mut search = |entry: Entry| {
+        let raw = match entry.body {
+            Ok(raw) => raw,
+            Err(err) => {
+                unreadable += 1;
+                tracing::error!(
+                    entry = entry.id,
+                    %err,
+                    "an erasure could not read this log entry, so could not check whether it \
+                     mentions the person; it is kept (remove it by hand if it may)"
+                );
+                return Ok::<_, StoreError>(());
             }
+        };
+        // Most bodies are ruled out by their bytes; only the others are parsed. A body that is
+        // not JSON but holds the id's bytes is removed too: nothing is kept that might name
+        // the person.
+        let hit = bytes.might_mention(&raw)
+            && match serde_json::from_slice::<serde_json::Value>(&raw) {
+                Ok(value) => mentions(&value, id),
+                Err(_) => bytes.holds_id(&raw),
+            };
+        if hit {
+            hits.push(entry.id);
         }
-        if entries == 0 {
-            break;
-        }
-    }
+        Ok(())
+    };
+    let mut scan = LogScan::new(PAGE).upto(upto);
+    while scan.next_page(log, &mut search)? > 0 {}
     let tx = log.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut removed = 0;
     for entry in hits {

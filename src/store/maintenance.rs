@@ -14,8 +14,9 @@ use rusqlite::{params, Connection};
 use sqlx::SqliteConnection;
 use tokio_util::sync::CancellationToken;
 
-use super::log::{status_code, status_from_code, Kind, LogRecord, Progress, Unpacker};
+use super::log::{status_code, status_from_code, Kind, LogRecord, Progress};
 use super::projector::{insert_leads, set_watermark};
+use super::scan::LogScan;
 use super::seen::Seen;
 use super::writer::open_connection;
 use super::StoreError;
@@ -62,58 +63,40 @@ fn reextract_blocking(
     since_ms: Option<i64>,
 ) -> rusqlite::Result<ReextractReport> {
     let mut report = ReextractReport::default();
-    let mut after_id = 0_i64;
     let mut seen = Seen::load(leads)?;
-    // One decompression context for the whole scan, not one per entry (see `erase_raw`).
-    let mut unpacker = Unpacker::new();
     let mut ahead = StoredAhead::default();
+    let mut scan = LogScan::new(REEXTRACT_PAGE).since(since_ms);
     loop {
         // Immediate: the wamids are checked and inserted under the write lock, so a running
         // server's projector cannot store one of them in between.
         let tx = leads.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         seen = seen.refresh(&tx)?;
         let mut restatus = Vec::new();
-        let mut entries = 0;
-        // Streamed, not collected: a page of 1000-message batches held ~95 MB of bodies.
-        let mut stmt = log.prepare_cached(
-            "SELECT id, received_at, status, codec, body FROM log \
-             WHERE id > ?1 AND received_at >= ?2 ORDER BY id LIMIT ?3",
-        )?;
-        let mut rows = stmt.query(params![
-            after_id,
-            since_ms.unwrap_or(i64::MIN),
-            REEXTRACT_PAGE
-        ])?;
-        while let Some(row) = rows.next()? {
-            let (id, received_at, status, codec): (i64, i64, i64, i64) =
-                (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
-            after_id = id;
-            entries += 1;
-            let raw = match unpacker.unpack(codec, row.get(4)?) {
+        let entries = scan.next_page(log, |entry| {
+            let raw = match entry.body {
                 Ok(raw) => raw,
                 Err(err) => {
-                    tracing::error!(id, %err, "a log entry could not be unpacked; skipped");
-                    continue;
+                    tracing::error!(id = entry.id, %err, "a log entry could not be unpacked; skipped");
+                    return Ok::<_, rusqlite::Error>(());
                 }
             };
             let extracted = extract(&raw);
-            let stored = ahead.read(&tx, id)?;
+            let stored = ahead.read(&tx, entry.id)?;
             let leads = extracted
                 .leads
                 .iter()
                 .map(|lead| lead.view())
                 .filter(|lead| !stored.contains(lead.wamid()))
-                .map(|lead| (id, received_at, lead));
+                .map(|lead| (entry.id, entry.received_at, lead));
             report.new_leads += insert_leads(&tx, leads, routes, &mut seen)?.leads;
-            super::conversions::insert_detected(&tx, &extracted.detected, received_at)?;
-            if status_from_code(status) != extracted.status {
+            super::conversions::insert_detected(&tx, &extracted.detected, entry.received_at)?;
+            if status_from_code(entry.status) != extracted.status {
                 let count = extracted.leads.len() + extracted.detected.len();
-                restatus.push((id, extracted.status, count));
+                restatus.push((entry.id, extracted.status, count));
             }
             report.events += 1;
-        }
-        drop(rows);
-        drop(stmt);
+            Ok(())
+        })?;
         tx.commit()?;
         if entries == 0 {
             break;

@@ -21,6 +21,7 @@ pub mod log;
 pub mod maintenance;
 pub mod outbox;
 pub mod projector;
+mod scan;
 mod seen;
 mod writeback;
 pub mod writer;
