@@ -266,38 +266,43 @@ pub fn move_legacy_events(leads_path: &Path, log_path: &Path) -> Result<u64, Sto
     let log = open_connection(log_path, Durability::Full)?;
     let mut moved = 0;
     loop {
-        let rows: Vec<(i64, i64, String, i64, Vec<u8>)> = leads
-            .prepare_cached(
-                "SELECT id, received_at, status, lead_count, body FROM events ORDER BY id LIMIT ?1",
-            )?
-            .query_map(params![REEXTRACT_PAGE], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        let Some(last) = rows.last().map(|r| r.0) else {
-            break;
-        };
+        // Streamed into the log's transaction row by row, not collected: an earlier version
+        // kept bodies as received, and a page of 1000-message batches would be ~1.5 GB.
+        let mut stmt = leads.prepare_cached(
+            "SELECT id, received_at, status, lead_count, body FROM events ORDER BY id LIMIT ?1",
+        )?;
+        let mut rows = stmt.query(params![REEXTRACT_PAGE])?;
+        let mut last = None;
         log.execute_batch("BEGIN IMMEDIATE")?;
-        for (id, received_at, status, lead_count, body) in &rows {
-            let status = match status.as_str() {
+        while let Some(row) = rows.next()? {
+            let (id, received_at, lead_count): (i64, i64, i64) =
+                (row.get(0)?, row.get(1)?, row.get(3)?);
+            let status = match row.get::<_, String>(2)?.as_str() {
                 "parsed" => ParseStatus::Parsed,
                 "partial" => ParseStatus::Partial,
                 _ => ParseStatus::Invalid,
             };
-            let kind = if *lead_count > 0 {
+            let kind = if lead_count > 0 {
                 Kind::Leads
             } else {
                 Kind::Other
             };
-            let record = LogRecord::new(*received_at, status, kind, *lead_count as usize, body);
-            super::log::insert_or_ignore(&log, *id, &record)?;
+            let body: Vec<u8> = row.get(4)?;
+            let record = LogRecord::new(received_at, status, kind, lead_count as usize, &body);
+            super::log::insert_or_ignore(&log, id, &record)?;
+            last = Some(id);
+            moved += 1;
         }
         log.execute_batch("COMMIT")?;
+        drop(rows);
+        drop(stmt);
+        let Some(last) = last else {
+            break;
+        };
         let tx = leads.transaction()?;
         set_watermark(&tx, last)?;
         tx.execute("DELETE FROM events WHERE id <= ?1", params![last])?;
         tx.commit()?;
-        moved += rows.len() as u64;
     }
     log.close().map_err(|(_, err)| err)?;
     leads.close().map_err(|(_, err)| err)?;
