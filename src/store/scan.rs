@@ -1,12 +1,12 @@
 //! A paged read of the whole delivery log in id order, for the offline scans that must look at
-//! every stored body (`reextract`, and erasure's search for a person). Each page is one query,
-//! so no read transaction holds the log's WAL for the whole scan, and within a page the rows are
-//! streamed, not collected: a page of 1000-message batches is ~190 MB of bodies. One
-//! decompression context serves the whole scan; making one per entry (a zstd context is about
-//! 100 KB, allocated and freed each time) took an erasure over 391,964 entries from 8.0–8.6 s to
-//! 16.3–16.4 s. A body that does not unpack reaches the caller as its error, to be counted or
-//! skipped there. (The projector reads the log its own way: a lead budget per round, and only
-//! the bodies that hold leads.)
+//! every stored body (`reextract`, and erasure's search for a person). Each page is one query, so
+//! no read transaction holds the log's WAL for the whole scan, and within a page the rows are
+//! streamed, not collected: erasure's page of 1,000 entries, if each were a 1000-message batch,
+//! would hold ~190 MB of bodies. One decompression context serves the whole scan; making one per
+//! entry (a zstd context is about 100 KB, allocated and freed each time) took an erasure over
+//! 391,964 entries from 8.0–8.6 s to 16.3–16.4 s. A body that does not unpack reaches the caller as
+//! its error, to be counted or skipped there. (The projector reads the log its own way: a lead
+//! budget per round, and only the bodies that hold leads.)
 
 use rusqlite::{params, Connection};
 
