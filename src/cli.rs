@@ -146,6 +146,13 @@ fn run_inner(cli: Cli) -> Result<ExitCode, ExitCode> {
                     "re-extracted {} raw deliveries: {} new leads, {} re-flagged",
                     report.events, report.new_leads, report.restatused
                 );
+                if report.unreadable > 0 {
+                    eprintln!(
+                        "warning: {} stored deliveries could not be read and were skipped; \
+                         their log ids are in the error lines above",
+                        report.unreadable
+                    );
+                }
                 Ok(ExitCode::SUCCESS)
             })
         }

@@ -34,6 +34,8 @@ pub struct ReextractReport {
     pub new_leads: u64,
     /// Events whose parse status changed (e.g. `invalid` → `parsed`).
     pub restatused: u64,
+    /// Log entries whose body no longer unpacks: skipped, each named in an error log line.
+    pub unreadable: u64,
 }
 
 /// Re-reads every log entry received at or after `since_ms` and stores the leads it holds.
@@ -76,6 +78,7 @@ fn reextract_blocking(
             let raw = match entry.body {
                 Ok(raw) => raw,
                 Err(err) => {
+                    report.unreadable += 1;
                     tracing::error!(id = entry.id, %err, "a log entry could not be unpacked; skipped");
                     return Ok::<_, rusqlite::Error>(());
                 }

@@ -199,6 +199,49 @@ async fn projected_leads_reach_the_database_file_without_waiting_for_a_big_wal()
 }
 
 #[tokio::test]
+async fn reextract_skips_and_counts_an_entry_it_cannot_read() {
+    let app = spawn_app().await;
+    for wamid in ["wamid.ur1", "wamid.ur2", "wamid.ur3"] {
+        assert_eq!(app.deliver(&one_lead(wamid)).await.status(), 200);
+    }
+    app.settle().await;
+    sqlx::query("DELETE FROM leads")
+        .execute(&app.outside_pool().await)
+        .await
+        .unwrap();
+    // The middle entry's body no longer unpacks (a damaged page, or a later version's codec).
+    let log = app.outside_log().await;
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM log ORDER BY id")
+        .fetch_all(&log)
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 3);
+    sqlx::query("UPDATE log SET body = x'00010203' WHERE id = ?")
+        .bind(ids[1])
+        .execute(&log)
+        .await
+        .unwrap();
+    let settings = settings(&db_path(&app.dir), "http://unused");
+    let report = ctwa_leads::store::maintenance::reextract(
+        &settings.database,
+        ctwa_leads::store::outbox::Routes::new(&settings.forwarding, false),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (report.events, report.new_leads, report.unreadable),
+        (2, 2, 1)
+    );
+    assert!(app.lead("wamid.ur1").await.is_some());
+    assert!(app.lead("wamid.ur2").await.is_none());
+    assert!(
+        app.lead("wamid.ur3").await.is_some(),
+        "the scan went on past it"
+    );
+}
+
+#[tokio::test]
 async fn reextract_over_pages_restores_only_the_missing_leads_and_never_duplicates() {
     let app = spawn_app().await;
     // More deliveries than one reextract page (500), one lead each.
