@@ -9,6 +9,21 @@ use serde_json::json;
 
 use crate::helpers::*;
 
+/// `ctwa-leads reextract` on the app's files, received at or after `since_ms` if given.
+async fn reextract(
+    app: &TestApp,
+    since_ms: Option<i64>,
+) -> ctwa_leads::store::maintenance::ReextractReport {
+    let settings = settings(&db_path(&app.dir), "http://unused");
+    ctwa_leads::store::maintenance::reextract(
+        &settings.database,
+        ctwa_leads::store::outbox::Routes::new(&settings.forwarding, false),
+        since_ms,
+    )
+    .await
+    .expect("reextract")
+}
+
 #[tokio::test]
 async fn reextract_recovers_leads_from_deliveries_that_failed_to_parse_and_is_idempotent() {
     let app = spawn_app().await;
@@ -30,14 +45,7 @@ async fn reextract_recovers_leads_from_deliveries_that_failed_to_parse_and_is_id
     // One lead of it was stored some other way already: no duplicate may appear.
     assert_eq!(app.deliver(&one_lead("wamid.lost1")).await.status(), 200);
 
-    let settings = settings(&db_path(&app.dir), "http://unused");
-    let report = ctwa_leads::store::maintenance::reextract(
-        &settings.database,
-        ctwa_leads::store::outbox::Routes::new(&settings.forwarding, false),
-        None,
-    )
-    .await
-    .unwrap();
+    let report = reextract(&app, None).await;
     assert_eq!(report.events, 2);
     assert_eq!(report.new_leads, 1, "only wamid.lost2 was missing");
     assert_eq!(report.restatused, 1);
@@ -53,24 +61,12 @@ async fn reextract_recovers_leads_from_deliveries_that_failed_to_parse_and_is_id
         .unwrap();
     assert_eq!(status, 0, "re-flagged parsed");
 
-    let again = ctwa_leads::store::maintenance::reextract(
-        &settings.database,
-        ctwa_leads::store::outbox::Routes::new(&settings.forwarding, false),
-        None,
-    )
-    .await
-    .unwrap();
+    let again = reextract(&app, None).await;
     assert_eq!(again.new_leads, 0);
     assert_eq!(again.restatused, 0);
     assert_eq!(app.lead_count().await, 2);
     // --since skips older deliveries.
-    let since = ctwa_leads::store::maintenance::reextract(
-        &settings.database,
-        ctwa_leads::store::outbox::Routes::new(&settings.forwarding, false),
-        Some(1_800_000_000_000),
-    )
-    .await
-    .unwrap();
+    let since = reextract(&app, Some(1_800_000_000_000)).await;
     assert_eq!(since.events, 0);
     // Ingest still works after rows it did not write appeared in its table.
     assert_eq!(app.deliver(&one_lead("wamid.after")).await.status(), 200);
@@ -221,14 +217,7 @@ async fn reextract_skips_and_counts_an_entry_it_cannot_read() {
         .execute(&log)
         .await
         .unwrap();
-    let settings = settings(&db_path(&app.dir), "http://unused");
-    let report = ctwa_leads::store::maintenance::reextract(
-        &settings.database,
-        ctwa_leads::store::outbox::Routes::new(&settings.forwarding, false),
-        None,
-    )
-    .await
-    .unwrap();
+    let report = reextract(&app, None).await;
     assert_eq!(
         (report.events, report.new_leads, report.unreadable),
         (2, 2, 1)
@@ -262,20 +251,12 @@ async fn reextract_over_pages_restores_only_the_missing_leads_and_never_duplicat
             .unwrap();
     }
     assert_eq!(app.lead_count().await, 1_097);
-    let settings = settings(&db_path(&app.dir), "http://unused");
-    let reextract = || {
-        ctwa_leads::store::maintenance::reextract(
-            &settings.database,
-            ctwa_leads::store::outbox::Routes::new(&settings.forwarding, false),
-            None,
-        )
-    };
-    let report = reextract().await.unwrap();
+    let report = reextract(&app, None).await;
     assert_eq!(report.events, 1_100);
     assert_eq!(report.new_leads, 3);
     // The restored leads now stand after every other, out of log order: a second run must
     // still find them stored.
-    assert_eq!(reextract().await.unwrap().new_leads, 0);
+    assert_eq!(reextract(&app, None).await.new_leads, 0);
     assert_eq!(app.lead_count().await, 1_100);
     let repeated: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT wamid FROM leads GROUP BY wamid HAVING count(*) > 1)",
