@@ -312,9 +312,8 @@ impl Worker {
     /// Records outcomes (retrying the write briefly: an event sent but not recorded would be
     /// sent again, which Meta deduplicates on `event_id`).
     async fn record(&self, outcomes: &[(DueConversion, Outcome)]) {
-        let rows: Vec<(i64, Outcome)> = outcomes.iter().map(|(d, o)| (d.id, o.clone())).collect();
         for attempt in 1..=5 {
-            let result = conversions::record(&self.store, &rows, now_ms()).await;
+            let result = conversions::record(&self.store, outcomes, now_ms()).await;
             match result {
                 Ok(()) => break,
                 Err(err) if attempt < 5 => {

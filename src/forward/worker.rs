@@ -43,6 +43,7 @@ pub(super) struct Worker {
 
 struct Finished {
     id: i64,
+    webhook_id: String,
     mark: Mark,
     verdict: Verdict,
     elapsed: Duration,
@@ -304,9 +305,11 @@ impl Worker {
         async move {
             let started = std::time::Instant::now();
             let id = due.delivery_id;
+            let webhook_id = due.webhook_id.clone();
             let (mark, verdict) = attempt::send(&target, due).await;
             Finished {
                 id,
+                webhook_id,
                 mark,
                 verdict,
                 elapsed: started.elapsed(),
@@ -418,6 +421,7 @@ async fn record(store: &Store, finished: &[Finished]) -> Result<(), sqlx::Error>
         .iter()
         .map(|f| Attempted {
             delivery_id: f.id,
+            webhook_id: f.webhook_id.clone(),
             mark: f.mark.clone(),
         })
         .collect();

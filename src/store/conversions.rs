@@ -184,10 +184,12 @@ pub enum Outcome {
 }
 
 /// Records outcomes in one statement (a Conversions API batch holds up to 1,000 events): the
-/// outcomes go in as one JSON array, which SQLite's `json_each` joins to the rows by id.
+/// outcomes go in as one JSON array, which SQLite's `json_each` joins to the rows by id and
+/// `event_id` (a row id may be taken again once an erasure deletes the highest one, and an
+/// outcome recorded late must not mark the event that took it).
 pub async fn record(
     store: &Store,
-    done: &[(i64, Outcome)],
+    done: &[(DueConversion, Outcome)],
     now_ms: i64,
 ) -> Result<(), sqlx::Error> {
     if done.is_empty() {
@@ -195,7 +197,7 @@ pub async fn record(
     }
     let marks: Vec<_> = done
         .iter()
-        .map(|(id, outcome)| {
+        .map(|(due, outcome)| {
             let (status, next, step, error) = match outcome {
                 Outcome::Sent { .. } => ("sent", None, None, None),
                 Outcome::Retry { error, at_ms, step } => {
@@ -208,7 +210,7 @@ pub async fn record(
                 _ => error.and_then(|e| e.fbtrace_id.as_deref()),
             };
             (
-                id,
+                due.id,
                 status,
                 next,
                 step,
@@ -217,6 +219,7 @@ pub async fn record(
                 error.and_then(|e| e.code),
                 error.and_then(|e| e.subcode),
                 trace,
+                &due.event_id,
             )
         })
         .collect();
@@ -228,9 +231,10 @@ pub async fn record(
          error_subcode = m.error_subcode, fbtrace_id = m.trace, updated_at = ?2 \
          FROM (SELECT value ->> 0 AS id, value ->> 1 AS status, value ->> 2 AS next, \
                value ->> 3 AS step, value ->> 4 AS code, value ->> 5 AS error, \
-               value ->> 6 AS error_code, value ->> 7 AS error_subcode, value ->> 8 AS trace \
+               value ->> 6 AS error_code, value ->> 7 AS error_subcode, value ->> 8 AS trace, \
+               value ->> 9 AS event_id \
                FROM json_each(?1)) AS m \
-         WHERE conversions.id = m.id",
+         WHERE conversions.id = m.id AND conversions.event_id = m.event_id",
         &marks,
         now_ms,
     )

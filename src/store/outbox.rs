@@ -258,10 +258,13 @@ pub enum Mark {
     },
 }
 
-/// One finished attempt.
+/// One finished attempt, named by its row id and its `webhook_id`: a row id may be taken
+/// again (`INTEGER PRIMARY KEY` reuses the highest id once that row is deleted, as an erasure
+/// does), and an attempt recorded late must not mark another delivery that took its id.
 #[derive(Debug, Clone)]
 pub struct Attempted {
     pub delivery_id: i64,
+    pub webhook_id: String,
     pub mark: Mark,
 }
 
@@ -294,7 +297,15 @@ pub async fn record(store: &Store, done: &[Attempted], now_ms: i64) -> Result<()
                     ("pending", Some(*code), Some(error), Some(now_ms), None)
                 }
             };
-            (a.delivery_id, status, code, error, next, step)
+            (
+                a.delivery_id,
+                status,
+                code,
+                error,
+                next,
+                step,
+                &a.webhook_id,
+            )
         })
         .collect();
     super::update_each(
@@ -303,9 +314,10 @@ pub async fn record(store: &Store, done: &[Attempted], now_ms: i64) -> Result<()
          last_status_code = m.code, last_error = m.error, next_attempt_at = m.next, \
          step = COALESCE(m.step, deliveries.step), updated_at = ?2 \
          FROM (SELECT value ->> 0 AS id, value ->> 1 AS status, value ->> 2 AS code, \
-               value ->> 3 AS error, value ->> 4 AS next, value ->> 5 AS step \
+               value ->> 3 AS error, value ->> 4 AS next, value ->> 5 AS step, \
+               value ->> 6 AS webhook_id \
                FROM json_each(?1)) AS m \
-         WHERE deliveries.id = m.id",
+         WHERE deliveries.id = m.id AND deliveries.webhook_id = m.webhook_id",
         &marks,
         now_ms,
     )

@@ -1,8 +1,8 @@
 //! Conversions API for Business Messaging against a wiremock Graph: the exact request, batching
 //! and isolating a bad event, the 7-day guard (locally and on retry), idempotency under
 //! concurrent requests, a lead without a click id, test_event_code, retried and kept errors,
-//! auto LeadSubmitted exactly once across a restart, Meta's detected events, and the dataset
-//! proxy.
+//! auto LeadSubmitted exactly once across a restart, Meta's detected events, an outcome recorded
+//! after its event was erased and its id taken, and the dataset proxy.
 
 use std::time::{Duration, Instant};
 
@@ -615,4 +615,78 @@ async fn an_event_for_a_lead_erased_since_its_look_up_is_not_queued() {
         .await
         .unwrap();
     assert_eq!(rows, 0);
+}
+
+#[tokio::test]
+async fn an_outcome_recorded_after_its_event_was_erased_leaves_the_one_that_took_its_id() {
+    let app = spawn_with(|s| capi(s, false)).await;
+    // Graph answers late, so the worker records the outcome only after the erasure below.
+    Mock::given(method("POST"))
+        .and(path(EVENTS_PATH))
+        .respond_with(accepted().set_delay(Duration::from_millis(800)))
+        .mount(&app.graph)
+        .await;
+    deliver_fresh(&app, "wamid.T1", "4915100000001").await;
+    deliver_fresh(&app, "wamid.T2", "4915100000002").await;
+    let first = lead_id(&app, "wamid.T1").await;
+    let second = lead_id(&app, "wamid.T2").await;
+    let at = chrono::Utc::now().timestamp() - 3600;
+    let r = app
+        .post_json(
+            &format!("/v1/leads/{first}/conversions"),
+            &json!({"event_name": "Purchase", "event_time": at}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    events_requests(&app.graph, 1, 10).await;
+    // While that request waits for its answer: the first lead's event is erased, and an
+    // event for the second lead is queued, which takes the highest id just freed.
+    let mut conn = app.outside_writer().await;
+    let erased: i64 = sqlx::query_scalar("SELECT MAX(id) FROM conversions")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM conversions WHERE lead_id = ?")
+        .bind(first)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let taken: i64 = sqlx::query_scalar(
+        "INSERT INTO conversions (event_id, lead_id, event_name, event_time, next_attempt_at, \
+         created_at, updated_at) VALUES ('took-the-id', ?1, 'Purchase', ?2, ?3, ?3, ?3) \
+         RETURNING id",
+    )
+    .bind(second)
+    .bind(at)
+    .bind(now_ms)
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(taken, erased, "the new event took the erased one's id");
+    // The answer arrives while this holds the write lock: the worker's record waits for it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sqlx::query("COMMIT").execute(&mut *conn).await.unwrap();
+    let reqs = events_requests(&app.graph, 2, 10).await;
+    let sent: Vec<Value> = events_of(&reqs[1]);
+    assert_eq!(
+        sent[0]["event_id"], "took-the-id",
+        "the new event is sent, not marked sent by the erased one's outcome"
+    );
+    let pool = app.outside_pool().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, attempts): (String, i64) =
+            sqlx::query_as("SELECT status, attempts FROM conversions WHERE id = ?")
+                .bind(taken)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if status == "sent" {
+            assert_eq!(attempts, 1, "its own attempt only");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new event stays {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

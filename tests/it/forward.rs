@@ -1,7 +1,7 @@
 //! Lead forwarding against wiremock destinations on loopback: the signed request, the retry
 //! schedule (scaled to fractions of a second), Retry-After, 410, isolation between
-//! destinations, filters, replay, retry, the response cap, and the outbox committing with the
-//! leads.
+//! destinations, filters, replay, retry, the response cap, the outbox committing with the
+//! leads, and an attempt recorded after its delivery was erased and its id taken.
 
 use std::time::{Duration, Instant};
 
@@ -492,6 +492,61 @@ async fn a_lead_erased_while_a_replay_waits_for_the_write_lock_gets_no_delivery(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn an_attempt_recorded_after_its_delivery_was_erased_leaves_the_one_that_took_its_id() {
+    let dest = destination().await;
+    // The answers come late, so the worker records both attempts only after the erasure below.
+    answer(
+        &dest,
+        ResponseTemplate::new(200).set_delay(Duration::from_millis(1500)),
+    )
+    .await;
+    let url = format!("{}/hook", dest.uri());
+    let app = spawn_with(|s| s.forwarding = forward_config(&[("crm", &url, "")], "[0]")).await;
+    app.deliver(&lead_delivery("wamid.ID0", "810", "ad-1"))
+        .await;
+    app.deliver(&lead_delivery("wamid.ID1", "811", "ad-1"))
+        .await;
+    received(&dest, 2, 10).await;
+    // While both requests wait for their answers: the second lead is erased, and a replay of
+    // the first inserts a delivery, which takes the highest id just freed.
+    let mut conn = app.outside_writer().await;
+    let erased: i64 = sqlx::query_scalar("SELECT MAX(id) FROM deliveries")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    for sql in [
+        "DELETE FROM deliveries WHERE lead_id IN (SELECT id FROM leads WHERE wamid = 'wamid.ID1')",
+        "DELETE FROM leads WHERE wamid = 'wamid.ID1'",
+    ] {
+        sqlx::query(sql).execute(&mut *conn).await.unwrap();
+    }
+    let (taken, webhook_id): (i64, String) = sqlx::query_as(
+        "INSERT INTO deliveries (destination, lead_id, next_attempt_at, created_at, updated_at) \
+         SELECT 'crm', id, 0, 0, 0 FROM leads WHERE wamid = 'wamid.ID0' RETURNING id, webhook_id",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(taken, erased, "the new delivery took the erased one's id");
+    // The answers arrive while this holds the write lock: the worker's record waits for it.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    sqlx::query("COMMIT").execute(&mut *conn).await.unwrap();
+    let got = received(&dest, 3, 10).await;
+    assert_eq!(
+        header(&got[2], "webhook-id"),
+        webhook_id,
+        "the new delivery is sent, not marked done by the erased one's attempt"
+    );
+    let row = app
+        .wait_for_json(&format!("/v1/deliveries/{taken}"), 10, |v| {
+            v["status"] == "succeeded"
+        })
+        .await;
+    assert_eq!(row["webhook_id"], webhook_id.as_str());
+    assert_eq!(row["attempts"], 1, "its own attempt only");
 }
 
 #[tokio::test]
