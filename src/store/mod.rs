@@ -355,15 +355,25 @@ pub async fn open(
     }
     let max_batch = ingest.max_batch;
     let durability = settings.synchronous;
-    let (writer_healthy, writer_progress, writer_path) =
-        (healthy.clone(), progress.clone(), log_path.clone());
+    let (writer_healthy, writer_progress, writer_path, leads_path) = (
+        healthy.clone(),
+        progress.clone(),
+        log_path.clone(),
+        path.clone(),
+    );
     let writer = blocking(move || {
+        let leads = rusqlite::Connection::open_with_flags(
+            &leads_path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        let projected = projector::watermark(&leads)?;
         Ok(writer::Writer::new(
             writer_path,
             durability,
             max_batch,
             writer_healthy,
             writer_progress,
+            projected,
         )?)
     })
     .await?;

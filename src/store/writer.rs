@@ -288,23 +288,28 @@ pub(super) struct Writer {
     max_batch: usize,
     healthy: Arc<AtomicBool>,
     progress: Arc<Progress>,
-    /// Log ids are assigned here: only this thread writes the log.
+    /// Log ids are assigned here: only this thread writes the log. It never goes down, and
+    /// never to an id at or below the projection's watermark (see [`Writer::new`]).
     next_event_id: i64,
     /// FULL durability: the WAL to fsync before acknowledging. `None`: answer at commit.
     wal: Option<PathBuf>,
 }
 
 impl Writer {
-    /// Opens the write connection to the (migrated) database at `path`.
+    /// Opens the write connection to the (migrated) database at `path`. `projected` is the
+    /// projection's watermark: ids up to it stay taken even once retention or an erasure has
+    /// deleted their entries, and the log's highest id with them, since the projector reads
+    /// only above it. An id given again there would be acknowledged and never projected.
     pub(super) fn new(
         path: PathBuf,
         durability: Durability,
         max_batch: usize,
         healthy: Arc<AtomicBool>,
         progress: Arc<Progress>,
+        projected: i64,
     ) -> rusqlite::Result<Self> {
         let conn = open_connection(&path, Durability::Normal)?;
-        let next_event_id = next_event_id(&conn)?;
+        let next_event_id = next_event_id(&conn)?.max(projected + 1);
         // Everything already in the file survived whatever stopped the last run: durable.
         progress.mark_durable(next_event_id - 1);
         let wal = match durability {
@@ -446,7 +451,7 @@ impl Writer {
             None => {
                 // The previous failure left no usable connection: reconnect.
                 let conn = open_connection(&self.path, Durability::Normal)?;
-                self.next_event_id = next_event_id(&conn)?;
+                self.next_event_id = self.next_event_id.max(next_event_id(&conn)?);
                 self.conn.insert(conn)
             }
         };
@@ -458,10 +463,11 @@ impl Writer {
             }
             Err(err) => {
                 // The transaction rolled back when it was dropped. Re-read the next event id in
-                // case the failure was a collision with a row written by someone else; a
-                // connection that cannot even do that is replaced before the next batch.
+                // case the failure was a collision with a row written by someone else (never
+                // going down: the ids below may have been projected and deleted); a connection
+                // that cannot even do that is replaced before the next batch.
                 match next_event_id(conn) {
-                    Ok(id) => self.next_event_id = id,
+                    Ok(id) => self.next_event_id = self.next_event_id.max(id),
                     Err(_) => self.conn = None,
                 }
                 Err(err)
@@ -546,6 +552,7 @@ mod tests {
             64,
             Arc::new(AtomicBool::new(true)),
             Arc::new(Progress::default()),
+            0,
         )
         .expect("writer");
         (writer, dir)
@@ -559,6 +566,48 @@ mod tests {
             0,
             b"{}",
         )
+    }
+
+    #[test]
+    fn log_ids_never_go_back_to_the_watermark_or_to_ids_already_given() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("log.db");
+        super::super::log::create(&path).expect("log");
+        let progress = Arc::new(Progress::default());
+        let healthy = Arc::new(AtomicBool::new(true));
+        // An empty log whose entries up to 7 were projected, then deleted.
+        let mut writer = Writer::new(
+            path.clone(),
+            Durability::Normal,
+            64,
+            healthy,
+            progress.clone(),
+            7,
+        )
+        .expect("writer");
+        assert_eq!(progress.durable.load(Ordering::Acquire), 7);
+        let job = || Job {
+            record: event(),
+            done: waiter().0,
+        };
+        let ids = || -> Vec<i64> {
+            let conn = Connection::open(&path).expect("open");
+            let mut stmt = conn
+                .prepare("SELECT id FROM log ORDER BY id")
+                .expect("query");
+            let ids = stmt.query_map([], |r| r.get(0)).expect("rows");
+            ids.collect::<rusqlite::Result<_>>().expect("ids")
+        };
+        writer.commit(&[job(), job()]).expect("committed");
+        assert_eq!(ids(), [8, 9]);
+        // Every entry deleted meanwhile (retention, an erasure), then the connection replaced.
+        Connection::open(&path)
+            .expect("open")
+            .execute("DELETE FROM log", [])
+            .expect("deleted");
+        writer.conn = None;
+        writer.commit(&[job()]).expect("committed");
+        assert_eq!(ids(), [10]);
     }
 
     #[tokio::test]

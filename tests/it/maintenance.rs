@@ -269,3 +269,33 @@ async fn reextract_over_pages_restores_only_the_missing_leads_and_never_duplicat
         assert!(app.lead(wamid).await.is_some(), "{wamid} restored");
     }
 }
+
+#[tokio::test]
+async fn a_log_emptied_by_retention_or_erasure_still_projects_what_comes_after_a_restart() {
+    let app = spawn_app().await;
+    for wamid in ["wamid.before1", "wamid.before2"] {
+        assert_eq!(app.deliver(&one_lead(wamid)).await.status(), 200);
+    }
+    assert!(app.lead("wamid.before2").await.is_some());
+    // Retention, or an erasure of the newest entries, leaves the log empty: its highest id is
+    // gone, while the projection's watermark stays where it was.
+    let log = app.outside_log().await;
+    sqlx::query("DELETE FROM log").execute(&log).await.unwrap();
+    log.close().await;
+    let app = app.restart().await;
+    for wamid in ["wamid.after1", "wamid.after2", "wamid.after3"] {
+        assert_eq!(app.deliver(&one_lead(wamid)).await.status(), 200);
+    }
+    for wamid in ["wamid.after1", "wamid.after2", "wamid.after3"] {
+        let mut found = false;
+        for _ in 0..100 {
+            if app.lead(wamid).await.is_some() {
+                found = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(found, "{wamid} was acknowledged but never became a lead");
+    }
+    assert_eq!(app.lead_count().await, 5);
+}
