@@ -64,6 +64,14 @@ impl Store {
             // without its lead), and so do the events Meta detected in their chats (linked by
             // the leads' click ids).
             let tx = leads.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            // New leads are numbered above this, so an erased lead's id is never given to
+            // another person's (whose forwarded lead, auto LeadSubmitted `event_id` and API
+            // URL would then repeat it).
+            tx.execute(
+                "UPDATE projection SET lead_ids_taken = \
+                 max(lead_ids_taken, (SELECT coalesce(max(id), 0) FROM leads))",
+                [],
+            )?;
             for sql in [
                 format!("DELETE FROM deliveries WHERE lead_id IN ({CONTACT_LEAD_IDS})"),
                 format!("DELETE FROM conversions WHERE lead_id IN ({CONTACT_LEAD_IDS})"),

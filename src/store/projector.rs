@@ -57,9 +57,9 @@ pub(super) fn insert_leads<'a>(
     let now_ms = chrono::Utc::now().timestamp_millis();
     static INSERT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let sql = INSERT.get_or_init(|| {
-        let marks = vec!["?"; FIELD_COLUMNS.len() + 3].join(", ");
+        let marks = vec!["?"; FIELD_COLUMNS.len() + 4].join(", ");
         format!(
-            "INSERT INTO leads ({}, event_id, received_at, timestamp) VALUES ({marks})",
+            "INSERT INTO leads (id, {}, event_id, received_at, timestamp) VALUES ({marks})",
             FIELD_COLUMNS.join(", ")
         )
     });
@@ -69,10 +69,14 @@ pub(super) fn insert_leads<'a>(
         if seen.is_stored(conn, lead.wamid())? {
             continue;
         }
+        // Numbered by `seen`: never an id given before, an erased lead's included.
+        let id = seen.next_id();
         let text = lead.fields.iter().map(|f| f as &dyn rusqlite::ToSql);
         let rest: [&dyn rusqlite::ToSql; 3] = [&event_id, &received_at, &lead.timestamp];
-        insert.execute(rusqlite::params_from_iter(text.chain(rest)))?;
-        let id = conn.last_insert_rowid();
+        let first: [&dyn rusqlite::ToSql; 1] = [&id];
+        insert.execute(rusqlite::params_from_iter(
+            first.into_iter().chain(text).chain(rest),
+        ))?;
         seen.add(id, lead.wamid());
         inserted.leads += 1;
         if !routes.is_empty() {

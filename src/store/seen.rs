@@ -7,7 +7,10 @@
 //! searches the index. It never answers "new" for a stored wamid, so deduplication stays exact:
 //! the filter is loaded from the file before the projector's first round, every insert is
 //! added to it, leads another writer inserted (an offline `reextract`) are read in at the start
-//! of each round by id, and after a failed round it is loaded again.
+//! of each round by id, and after a failed round it is loaded again. It also numbers new leads:
+//! above every id given before, erased leads' included (`projection.lead_ids_taken`, which an
+//! erasure raises before it deletes), since SQLite alone would give the highest id again once
+//! its row is gone.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -43,6 +46,16 @@ fn with_small_cache<T>(
     Ok(scanned)
 }
 
+/// The highest stored lead id (0 for none), and the highest ever given as an erasure recorded
+/// it before deleting (`projection.lead_ids_taken`).
+fn highest_ids(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+    conn.prepare_cached(
+        "SELECT (SELECT coalesce(max(id), 0) FROM leads), \
+         (SELECT coalesce(max(lead_ids_taken), 0) FROM projection)",
+    )?
+    .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+}
+
 /// One cache line of bits: every probe of a wamid falls in the same block (a blocked Bloom
 /// filter), so a check costs one memory access, not seven.
 #[derive(Clone, Copy)]
@@ -57,6 +70,8 @@ pub(super) struct Seen {
     hasher: RandomState,
     /// Every lead with an id up to this one is in the filter.
     covered: i64,
+    /// The highest lead id given so far, as far as this filter knows: new leads go above it.
+    taken: i64,
 }
 
 impl Seen {
@@ -69,6 +84,7 @@ impl Seen {
             len: 0,
             hasher: RandomState::new(),
             covered: 0,
+            taken: 0,
         }
     }
 
@@ -76,10 +92,10 @@ impl Seen {
     /// [`HEADROOM`] more before [`Seen::refresh`] rebuilds it larger. It is sized by the
     /// largest id, one look-up, which is at least the number of leads (ids count up from 1).
     pub(super) fn load(conn: &Connection) -> rusqlite::Result<Self> {
-        let max: Option<i64> = conn.query_row("SELECT max(id) FROM leads", [], |r| r.get(0))?;
-        let stored = max.unwrap_or(0).max(0) as f64;
-        let mut seen = Self::with_capacity((stored * (1.0 + HEADROOM)) as usize);
+        let (max, taken) = highest_ids(conn)?;
+        let mut seen = Self::with_capacity((max.max(0) as f64 * (1.0 + HEADROOM)) as usize);
         with_small_cache(conn, || seen.read_from(conn, 0))?;
+        seen.taken = seen.taken.max(taken);
         Ok(seen)
     }
 
@@ -108,13 +124,17 @@ impl Seen {
             drop(self);
             return Self::load(conn);
         }
-        let max: Option<i64> = conn
-            .prepare_cached("SELECT max(id) FROM leads")?
-            .query_row([], |r| r.get(0))?;
-        if max.unwrap_or(0) > self.covered {
+        let (max, taken) = highest_ids(conn)?;
+        if max > self.covered {
             self.read_from(conn, self.covered)?;
         }
+        self.taken = self.taken.max(taken);
         Ok(self)
+    }
+
+    /// The id for the next lead inserted in this transaction (then [`Seen::add`] it).
+    pub(super) fn next_id(&self) -> i64 {
+        self.taken.max(self.covered) + 1
     }
 
     /// Whether `wamid` is stored, in the transaction `conn`: the filter first, the index only
@@ -140,6 +160,7 @@ impl Seen {
         }
         self.len += 1;
         self.covered = self.covered.max(id);
+        self.taken = self.taken.max(id);
     }
 
     fn may_hold(&self, wamid: &str) -> bool {
@@ -172,7 +193,9 @@ mod tests {
         let conn = Connection::open_in_memory().expect("memory");
         conn.execute_batch(
             "CREATE TABLE leads (id INTEGER PRIMARY KEY, wamid TEXT NOT NULL);
-             CREATE INDEX leads_wamid_by_range ON leads (id >> 14, wamid);",
+             CREATE INDEX leads_wamid_by_range ON leads (id >> 14, wamid);
+             CREATE TABLE projection (id INTEGER PRIMARY KEY, lead_ids_taken INTEGER NOT NULL);
+             INSERT INTO projection VALUES (1, 0);",
         )
         .expect("schema");
         conn
@@ -226,6 +249,26 @@ mod tests {
             .filter(|i| seen.may_hold(&format!("wamid.new{i}")))
             .count();
         assert!(searched < 400, "{searched} of 20,000 searched");
+    }
+
+    #[test]
+    fn new_ids_go_above_every_id_given_erased_ones_included() {
+        let conn = leads_table();
+        insert(&conn, 1, "wamid.a");
+        insert(&conn, 2, "wamid.b");
+        assert_eq!(Seen::load(&conn).expect("load").next_id(), 3);
+        // An erasure recorded id 4 as given, then deleted leads 3 and 4.
+        conn.execute("UPDATE projection SET lead_ids_taken = 4", [])
+            .expect("taken");
+        let mut seen = Seen::load(&conn).expect("load");
+        assert_eq!(seen.next_id(), 5, "not 3, the highest stored plus one");
+        seen.add(5, "wamid.c");
+        assert_eq!(seen.next_id(), 6);
+        // A later erasure of that lead, seen by a filter already in use.
+        conn.execute("UPDATE projection SET lead_ids_taken = 9", [])
+            .expect("taken");
+        let seen = seen.refresh(&conn).expect("refresh");
+        assert_eq!(seen.next_id(), 10);
     }
 
     #[test]

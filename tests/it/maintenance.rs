@@ -299,3 +299,32 @@ async fn a_log_emptied_by_retention_or_erasure_still_projects_what_comes_after_a
     }
     assert_eq!(app.lead_count().await, 5);
 }
+
+#[tokio::test]
+async fn an_erased_lead_s_id_is_never_given_to_a_new_lead_even_after_a_restart() {
+    let app = spawn_app().await;
+    assert_eq!(app.deliver(&one_lead("wamid.keep")).await.status(), 200);
+    let other = delivery(value(
+        "PN1",
+        json!([contact("4915100000002", "Bo")]),
+        json!([referral_message("wamid.erase", "4915100000002", "AD1")]),
+    ));
+    assert_eq!(app.deliver(&other).await.status(), 200);
+    let erased = app.lead("wamid.erase").await.expect("stored");
+    let kept = app.lead("wamid.keep").await.expect("stored");
+    assert!(erased.id > kept.id, "the lead to erase is the newest");
+    let res = app.delete("/v1/contacts/4915100000002").await;
+    assert_eq!(res.status(), 200);
+    assert!(app.lead("wamid.erase").await.is_none());
+    assert!(app.lead("wamid.keep").await.is_some());
+    // The highest id is gone; SQLite alone would give it to the next lead.
+    let app = app.restart().await;
+    assert_eq!(app.deliver(&one_lead("wamid.next")).await.status(), 200);
+    let next = app.lead("wamid.next").await.expect("stored");
+    assert!(
+        next.id > erased.id,
+        "the new lead took id {}, the erased one had {}",
+        next.id,
+        erased.id
+    );
+}
