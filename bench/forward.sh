@@ -19,6 +19,7 @@
 # with the two cores busy, a 5 ms answer takes ~15 ms end to end, so 64 caps it near 4,300/s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 DURATION=${1:-30}
 WARMUP=${2:-10}
 MAX_IN_FLIGHT=${MAX_IN_FLIGHT:-128}
@@ -40,20 +41,7 @@ if [ ! -d bench/peer/node_modules/better-sqlite3/build ]; then
 fi
 
 config() { # with-forwarding?
-  cat > "$WORK/config.toml" <<TOML
-[server]
-listen = "127.0.0.1:$PORT"
-[database]
-url = "sqlite://$WORK/bench.db"
-[webhook]
-verify_token = "bench-verify-token"
-app_secrets = ["$SECRET"]
-[api]
-token = "$TOKEN"
-[graph]
-access_token = "bench-graph-token"
-waba_id = "1"
-TOML
+  bench_config "$PORT" "sqlite://$WORK/bench.db" >"$WORK/config.toml"
   if [ "$1" = yes ]; then
     cat >> "$WORK/config.toml" <<TOML
 [[forward]]

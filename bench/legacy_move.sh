@@ -8,6 +8,7 @@
 #   bench/legacy_move.sh [server binary, default target/release/ctwa-leads (built)] [COUNT, default 600]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 BIN=${1:-}
 COUNT=${2:-600}
 PORT=${BENCH_PORT:-18082}
@@ -17,24 +18,10 @@ if [ -z "$BIN" ]; then
   cargo build --release --locked --quiet --bin ctwa-leads
   BIN=target/release/ctwa-leads
 fi
-cat > "$WORK/config.toml" <<TOML
-[server]
-listen = "127.0.0.1:$PORT"
-[database]
-url = "sqlite://$WORK/db/leads.db"
-[webhook]
-verify_token = "bench-verify-token"
-app_secrets = ["bench-app-secret"]
-[api]
-token = "bench-api-token"
-[graph]
-access_token = "bench-graph-token"
-waba_id = "1"
-TOML
-up() { for _ in $(seq 600); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && return; sleep 0.1; done; echo "no answer" >&2; exit 1; }
+bench_config "$PORT" "sqlite://$WORK/db/leads.db" >"$WORK/config.toml"
 # The schema as it is now, which still has the (empty) `events` table; then the old rows.
 "$BIN" serve --config "$WORK/config.toml" >"$WORK/server.log" 2>&1 &
-up; kill -TERM $!; wait $! || true
+bench_up "$PORT"; kill -TERM $!; wait $! || true
 python3 - "$WORK/db/leads.db" "$COUNT" <<'PY'
 import json, sqlite3, sys
 db, count = sqlite3.connect(sys.argv[1]), int(sys.argv[2])
@@ -51,7 +38,7 @@ sync
 started=$(date +%s.%N)
 "$BIN" serve --config "$WORK/config.toml" >"$WORK/server.log" 2>&1 &
 SERVER=$!
-up
+bench_up "$PORT"
 python3 - "$started" "$(awk '/^VmHWM/{print $2}' /proc/$SERVER/status)" "$WORK/db" <<'PY'
 import sqlite3, sys, time
 started, hwm_kb, db = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3]

@@ -9,6 +9,7 @@
 #   bench/retention.sh [server binary, default target/release/ctwa-leads (built)] [COUNT, default 1000000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 BIN=${1:-}
 COUNT=${2:-1000000}
 PORT=${BENCH_PORT:-18083}
@@ -20,26 +21,14 @@ if [ -z "$BIN" ]; then
   BIN=target/release/ctwa-leads
 fi
 [ -x "$LOADGEN" ] || cargo build --release --locked --quiet --example loadgen
-cat > "$WORK/config.toml" <<TOML
-[server]
-listen = "127.0.0.1:$PORT"
-[database]
-url = "sqlite://$WORK/db/leads.db"
-[webhook]
-verify_token = "bench-verify-token"
-app_secrets = ["bench-app-secret"]
-[api]
-token = "bench-api-token"
-[graph]
-access_token = "bench-graph-token"
-waba_id = "1"
+{ bench_config "$PORT" "sqlite://$WORK/db/leads.db"; cat <<TOML
 [retention]
 raw_events_days = 30
 interval_secs = 2
 TOML
-up() { for _ in $(seq 600); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && return; sleep 0.1; done; echo "no answer" >&2; exit 1; }
+} >"$WORK/config.toml"
 "$BIN" serve --config "$WORK/config.toml" >"$WORK/server.log" 2>&1 &
-up; kill -TERM $!; wait $! || true
+bench_up "$PORT"; kill -TERM $!; wait $! || true
 # Entries an hour old with ~700-byte bodies (about what a compressed delivery takes), all
 # projected: the watermark is set past them, so the server does not read them at start.
 python3 - "$WORK/db" "$COUNT" <<'PY'
@@ -58,6 +47,6 @@ PY
 sync
 [ "$(id -u)" = 0 ] && echo 3 > /proc/sys/vm/drop_caches || true
 "$BIN" serve --config "$WORK/config.toml" >"$WORK/server.log" 2>&1 &
-up
+bench_up "$PORT"
 "$LOADGEN" --url "http://127.0.0.1:$PORT" --secret bench-app-secret --connections 16 \
   --duration 20 --warmup 3 --mix real | tail -3

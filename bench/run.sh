@@ -20,6 +20,7 @@
 #   RUST_LOG (default info, the service's own default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 DURATION=${1:-30}
 WARMUP=${2:-10}
 PREFILL=${PREFILL:-2000000}
@@ -51,20 +52,7 @@ if [ ! -d bench/peer/node_modules/better-sqlite3/build ]; then
     npm install --no-audit --no-fund --silent)
 fi
 
-cat > "$WORK/config.toml" <<TOML
-[server]
-listen = "127.0.0.1:$PORT"
-[database]
-url = "sqlite://$WORK/bench.db" # each run sets its own folder (start)
-[webhook]
-verify_token = "bench-verify-token"
-app_secrets = ["$SECRET"]
-[api]
-token = "$TOKEN"
-[graph]
-access_token = "bench-graph-token"
-waba_id = "1"
-TOML
+bench_config "$PORT" "sqlite://$WORK/bench.db" >"$WORK/config.toml" # each run sets its own folder (start)
 
 PIDS=()
 RUNS=0

@@ -21,6 +21,7 @@
 #                      bench/side_by_side.sh target/release/ctwa-leads /tmp/a; done
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 [ $# -ge 2 ] || { sed -n '2,21s/^# \{0,1\}//p' "$0"; exit 2; }
 A=$(readlink -f "$1")
 B=$(readlink -f "$2")
@@ -34,20 +35,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 start() { # binary port dir: prints the server's pid
   mkdir -p "$3"
-  cat > "$3/config.toml" <<TOML
-[server]
-listen = "127.0.0.1:$2"
-[database]
-url = "sqlite://$3/bench.db"
-[webhook]
-verify_token = "bench-verify-token"
-app_secrets = ["bench-app-secret"]
-[api]
-token = "bench-api-token"
-[graph]
-access_token = "bench-graph-token"
-waba_id = "1"
-TOML
+  bench_config "$2" "sqlite://$3/bench.db" >"$3/config.toml"
   RUST_LOG="${RUST_LOG:-info}" "$1" serve --config "$3/config.toml" >"$3/server.log" 2>&1 &
   echo $!
 }

@@ -1,0 +1,31 @@
+# Sourced by the bench scripts: the configuration every benchmark server starts from (the load
+# generator signs with bench-app-secret and reads with bench-api-token), and a wait for a
+# server to answer.
+
+# bench_config PORT DATABASE_URL: prints the configuration; append sections after it.
+bench_config() {
+  cat <<TOML
+[server]
+listen = "127.0.0.1:$1"
+[database]
+url = "$2"
+[webhook]
+verify_token = "bench-verify-token"
+app_secrets = ["bench-app-secret"]
+[api]
+token = "bench-api-token"
+[graph]
+access_token = "bench-graph-token"
+waba_id = "1"
+TOML
+}
+
+# bench_up PORT: waits up to 60 s for the server's /healthz; fails if it never answers.
+bench_up() {
+  for _ in $(seq 600); do
+    curl -fs "http://127.0.0.1:$1/healthz" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "the server on port $1 did not answer" >&2
+  return 1
+}
