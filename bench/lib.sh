@@ -29,3 +29,14 @@ bench_up() {
   echo "the server on port $1 did not answer" >&2
   return 1
 }
+
+# bench_server [BINARY]: prints the server binary to run; with none given, builds and names
+# the release one.
+bench_server() {
+  if [ -n "${1:-}" ]; then
+    echo "$1"
+    return 0
+  fi
+  cargo build --release --locked --quiet --bin ctwa-leads >&2
+  echo target/release/ctwa-leads
+}

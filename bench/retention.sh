@@ -10,16 +10,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
-BIN=${1:-}
+BIN=$(bench_server "${1:-}")
 COUNT=${2:-1000000}
 PORT=${BENCH_PORT:-18083}
 LOADGEN=target/release/examples/loadgen
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-if [ -z "$BIN" ]; then
-  cargo build --release --locked --quiet --bin ctwa-leads
-  BIN=target/release/ctwa-leads
-fi
 [ -x "$LOADGEN" ] || cargo build --release --locked --quiet --example loadgen
 { bench_config "$PORT" "sqlite://$WORK/db/leads.db"; cat <<TOML
 [retention]
