@@ -1,7 +1,7 @@
 //! The delivery log after the fact: re-extraction rebuilds leads idempotently, retention prunes
 //! old projected entries without touching leads, raw deliveries an earlier version kept in
-//! the leads database are moved into the log once, and the leads WAL is checkpointed in the
-//! background.
+//! the leads database are moved into the log once, the leads WAL is checkpointed in the
+//! background, and no log or lead id is given twice after the newest were deleted.
 
 use std::time::Duration;
 
