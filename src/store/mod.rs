@@ -355,29 +355,6 @@ pub async fn open(
     }
     let max_batch = ingest.max_batch;
     let durability = settings.synchronous;
-    let (writer_healthy, writer_progress, writer_path, leads_path) = (
-        healthy.clone(),
-        progress.clone(),
-        log_path.clone(),
-        path.clone(),
-    );
-    let writer = blocking(move || {
-        let leads = rusqlite::Connection::open_with_flags(
-            &leads_path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )?;
-        let projected = projector::watermark(&leads)?;
-        Ok(writer::Writer::new(
-            writer_path,
-            durability,
-            max_batch,
-            writer_healthy,
-            writer_progress,
-            projected,
-        )?)
-    })
-    .await?;
-    let (writer, handle) = writer.spawn(ingest.queue_capacity, stop.clone())?;
     let projector_stop = Arc::new(AtomicBool::new(false));
     let projector = projector::Projector::new(
         &log_path,
@@ -389,6 +366,22 @@ pub async fn open(
     .with_pace(Duration::from_millis(ingest.projection_pace_ms))
     .with_routes(routes, wake.clone())
     .with_turns(turns.clone());
+    // The projector reads its watermark first: the writer numbers new log entries above it.
+    let projected = projector.watermark();
+    let (writer_healthy, writer_progress, writer_path) =
+        (healthy.clone(), progress.clone(), log_path.clone());
+    let writer = blocking(move || {
+        Ok(writer::Writer::new(
+            writer_path,
+            durability,
+            max_batch,
+            writer_healthy,
+            writer_progress,
+            projected,
+        )?)
+    })
+    .await?;
+    let (writer, handle) = writer.spawn(ingest.queue_capacity, stop.clone())?;
     let projector = std::thread::Builder::new()
         .name("projector".into())
         .spawn(move || projector.run())?;

@@ -226,6 +226,11 @@ impl Projector {
         })
     }
 
+    /// The watermark it resumes from, as read from the leads database.
+    pub(super) fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
     /// How long a few pending entries may wait for more before they are projected.
     pub(super) fn with_pace(mut self, pace: Duration) -> Self {
         self.pace = pace;
