@@ -336,6 +336,13 @@ pub fn move_legacy_events(leads_path: &Path, log_path: &Path) -> Result<u64, Sto
 mod tests {
     use super::*;
 
+    async fn log_ids(conn: &mut SqliteConnection) -> Vec<i64> {
+        sqlx::query_scalar("SELECT id FROM log ORDER BY id")
+            .fetch_all(conn)
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn pruning_deletes_the_old_projected_prefix_of_the_log_a_batch_at_a_time() {
         use sqlx::Connection as _;
@@ -373,20 +380,14 @@ mod tests {
             batches.push(n);
         }
         assert_eq!(batches, [500, 500, 200]);
-        let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM log ORDER BY id")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
+        let left = log_ids(&mut conn).await;
         assert_eq!(left.len(), 201);
         assert_eq!((left[0], left[200]), (1_201, 1_401));
         // With the watermark past them: the old prefix goes, and nothing past the first entry
         // that is kept is deleted (the late old one waits until the newer ones go).
         assert_eq!(prune_once(&mut conn, cutoff, 2_000).await.unwrap(), 100);
         assert_eq!(prune_once(&mut conn, cutoff, 2_000).await.unwrap(), 0);
-        let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM log ORDER BY id")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
+        let left = log_ids(&mut conn).await;
         assert_eq!(left.len(), 101);
         assert_eq!((left[0], left[100]), (1_301, 1_401));
     }

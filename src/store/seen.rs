@@ -70,7 +70,8 @@ pub(super) struct Seen {
     hasher: RandomState,
     /// Every lead with an id up to this one is in the filter.
     covered: i64,
-    /// The highest lead id given so far, as far as this filter knows: new leads go above it.
+    /// The highest lead id given so far, as far as this filter knows (never below `covered`:
+    /// [`Seen::add`] raises both): new leads go above it.
     taken: i64,
 }
 
@@ -134,7 +135,7 @@ impl Seen {
 
     /// The id for the next lead inserted in this transaction (then [`Seen::add`] it).
     pub(super) fn next_id(&self) -> i64 {
-        self.taken.max(self.covered) + 1
+        self.taken + 1
     }
 
     /// Whether `wamid` is stored, in the transaction `conn`: the filter first, the index only
