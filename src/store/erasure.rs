@@ -3,14 +3,15 @@
 //! their leads stay, only the raw copy goes). "Mentions" is exact: some string (or number) in
 //! the delivery's JSON equals the id, so a longer number that merely contains it is not hit.
 //! An erasure covers what was acknowledged before it: it first waits for the projection to take
-//! that in, then removes the raw deliveries the projection has read and the leads it built.
+//! that in, then removes the raw deliveries the projection has read (searching the log while the
+//! projection goes on) and the leads it built from them.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rusqlite::{params, Connection};
 
 use super::leads::CONTACT_LEAD_IDS;
-use super::projector::watermark;
 use super::scan::{Entry, LogScan};
 use super::writer::open_connection;
 use super::{Store, StoreError};
@@ -39,6 +40,13 @@ impl Store {
     /// still waiting for its round would lose its raw copy here and then have its leads built
     /// anyway (the projector takes them from the writer's hand-off, not from the log), or, read
     /// back from the log, lose the other people's leads it held.
+    ///
+    /// The erasure then covers the log up to the watermark that wait reached, and the leads
+    /// built from it. The log is searched without holding the projection up (on a log of a
+    /// million deliveries that takes seconds, and a projector held that long would hold back
+    /// acknowledgements); only the leads' removal takes a turn at the leads file's write lock.
+    /// Deliveries past that watermark, acknowledged since this erasure began, are left to their
+    /// round, raw copy and leads alike.
     pub async fn erase_contact(
         &self,
         id: String,
@@ -47,55 +55,66 @@ impl Store {
         if !self.caught_up(catch_up, true).await {
             return Err(StoreError::ProjectionBehind);
         }
+        let upto = self.progress.projected.load(Ordering::Acquire);
         let (path, log_path, durability) =
             (self.path.clone(), self.log_path.clone(), self.durability);
-        let turn = self.turns().take().await;
-        super::blocking(move || {
-            let _turn = turn;
-            let mut leads = open_connection(&path, durability)?;
-            // The projector commits nothing while this turn is held, so its watermark holds
-            // still. Deliveries past it (acknowledged since this erasure began) are left to
-            // their round, raw copy and leads alike.
-            let projected = watermark(&leads)?;
+        let contact = id.clone();
+        let raw = super::blocking(move || {
             let mut log = open_connection(&log_path, durability)?;
-            let raw = erase_raw(&mut log, &id, projected)?;
+            let raw = erase_raw(&mut log, &contact, upto)?;
             log.close().map_err(|(_, err)| err)?;
-            // Their forwarding deliveries and conversion events go with the leads (none exists
-            // without its lead), and so do the events Meta detected in their chats (linked by
-            // the leads' click ids).
-            let tx = leads.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            // New leads are numbered above this, so an erased lead's id is never given to
-            // another person's (whose forwarded lead, auto LeadSubmitted `event_id` and API
-            // URL would then repeat it).
-            tx.execute(
-                "UPDATE projection SET lead_ids_taken = \
-                 max(lead_ids_taken, (SELECT coalesce(max(id), 0) FROM leads))",
-                [],
-            )?;
-            for sql in [
-                format!("DELETE FROM deliveries WHERE lead_id IN ({CONTACT_LEAD_IDS})"),
-                format!("DELETE FROM conversions WHERE lead_id IN ({CONTACT_LEAD_IDS})"),
-                format!(
-                    "DELETE FROM detected_events WHERE ctwa_clid IN (SELECT ctwa_clid FROM leads \
-                     WHERE id IN ({CONTACT_LEAD_IDS}) AND ctwa_clid IS NOT NULL)"
-                ),
-            ] {
-                tx.execute(&sql, params![id])?;
-            }
-            let removed = tx.execute(
-                &format!("DELETE FROM leads WHERE id IN ({CONTACT_LEAD_IDS})"),
-                params![id],
-            )? as u64;
-            tx.commit()?;
-            leads.close().map_err(|(_, err)| err)?;
-            Ok(Erased {
-                leads: removed,
-                raw_deliveries: raw.removed,
-                unreadable_raw_deliveries: raw.unreadable,
-            })
+            Ok(raw)
         })
-        .await
+        .await?;
+        let turn = self.turns().take().await;
+        let leads = super::blocking(move || {
+            let _turn = turn;
+            let mut conn = open_connection(&path, durability)?;
+            let removed = erase_leads(&mut conn, &id, upto)?;
+            conn.close().map_err(|(_, err)| err)?;
+            Ok(removed)
+        })
+        .await?;
+        Ok(Erased {
+            leads,
+            raw_deliveries: raw.removed,
+            unreadable_raw_deliveries: raw.unreadable,
+        })
     }
+}
+
+/// Deletes the leads of `id` built from log entries up to `upto`, in one transaction, with
+/// their forwarding deliveries and conversion events (none exists without its lead) and the
+/// events Meta detected in their chats (linked by the leads' click ids); returns how many
+/// leads. The caller holds a turn at the leads file's write lock.
+fn erase_leads(conn: &mut Connection, id: &str, upto: i64) -> Result<u64, StoreError> {
+    let erased =
+        format!("SELECT id FROM leads WHERE id IN ({CONTACT_LEAD_IDS}) AND event_id <= ?2");
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // New leads are numbered above this, so an erased lead's id is never given to another
+    // person's (whose forwarded lead, auto LeadSubmitted `event_id` and API URL would then
+    // repeat it).
+    tx.execute(
+        "UPDATE projection SET lead_ids_taken = \
+         max(lead_ids_taken, (SELECT coalesce(max(id), 0) FROM leads))",
+        [],
+    )?;
+    for sql in [
+        format!("DELETE FROM deliveries WHERE lead_id IN ({erased})"),
+        format!("DELETE FROM conversions WHERE lead_id IN ({erased})"),
+        format!(
+            "DELETE FROM detected_events WHERE ctwa_clid IN (SELECT ctwa_clid FROM leads \
+             WHERE id IN ({erased}) AND ctwa_clid IS NOT NULL)"
+        ),
+    ] {
+        tx.execute(&sql, params![id, upto])?;
+    }
+    let removed = tx.execute(
+        &format!("DELETE FROM leads WHERE id IN ({erased})"),
+        params![id, upto],
+    )? as u64;
+    tx.commit()?;
+    Ok(removed)
 }
 
 /// Log entries read per page while searching.
@@ -207,6 +226,120 @@ fn erase_raw(log: &mut Connection, id: &str, upto: i64) -> Result<RawErased, Sto
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store on fresh files in `dir`, as the service opens it.
+    async fn store_in(dir: &std::path::Path) -> (Store, super::super::WriterTask) {
+        let settings = crate::config::DatabaseSettings {
+            url: format!("sqlite://{}/leads.db", dir.display()),
+            ..Default::default()
+        };
+        super::super::open(
+            &settings,
+            &crate::config::IngestSettings::default(),
+            &crate::config::RetentionSettings::default(),
+            Default::default(),
+        )
+        .await
+        .expect("open the store")
+    }
+
+    /// Acknowledges the simulator's one-lead delivery (wa_id 4915112345678) as the webhook does.
+    async fn deliver(store: &Store, unique: &str) {
+        let raw = crate::simulate::meta_json(&crate::simulate::sample_delivery("1", unique));
+        let extracted = crate::leads::extract::extract(&raw);
+        let record = super::super::LogRecord::new(
+            0,
+            extracted.status,
+            super::super::Kind::of(&extracted),
+            extracted.leads.len(),
+            &raw,
+        )
+        .with_leads(extracted.leads);
+        store.ingest(record).await.expect("acknowledged");
+    }
+
+    async fn count(store: &Store, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(store.read_pool())
+            .await
+            .expect("count")
+    }
+
+    #[tokio::test]
+    async fn the_log_is_searched_and_cleared_while_the_projection_holds_the_leads_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = store_in(dir.path()).await;
+        deliver(&store, "1").await;
+        assert!(store.wait_projected(Duration::from_secs(10)).await);
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM leads").await, 1);
+
+        // A projection round in progress: it holds the turn at the leads file's write lock.
+        let round = store.turns().take().await;
+        let erasure = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .erase_contact("4915112345678".into(), Duration::from_secs(5))
+                    .await
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.log_entries().await.unwrap() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the erasure waited for the round before it searched the log"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!erasure.is_finished(), "its leads wait for the round's end");
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM leads").await, 1);
+
+        drop(round);
+        let erased = erasure.await.unwrap().expect("erased");
+        assert_eq!(
+            erased,
+            Erased {
+                leads: 1,
+                raw_deliveries: 1,
+                unreadable_raw_deliveries: 0
+            }
+        );
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM leads").await, 0);
+        writer.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn only_leads_built_from_the_searched_part_of_the_log_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = store_in(dir.path()).await;
+        deliver(&store, "1").await;
+        deliver(&store, "2").await;
+        assert!(store.wait_projected(Duration::from_secs(10)).await);
+        let event_ids: Vec<i64> = sqlx::query_scalar("SELECT event_id FROM leads ORDER BY id")
+            .fetch_all(store.read_pool())
+            .await
+            .unwrap();
+        assert_eq!(event_ids.len(), 2, "one lead each, same person");
+
+        // As if the second delivery came in after the erasure had searched the log up to the
+        // first: its lead stays, as its raw copy does.
+        let (path, upto) = (store.path.clone(), event_ids[0]);
+        let turn = store.turns().take().await;
+        let removed = super::super::blocking(move || {
+            let _turn = turn;
+            let mut conn = open_connection(&path, crate::config::Durability::Full)?;
+            erase_leads(&mut conn, "4915112345678", upto)
+        })
+        .await
+        .unwrap();
+        assert_eq!(removed, 1);
+        let left: Vec<i64> = sqlx::query_scalar("SELECT event_id FROM leads")
+            .fetch_all(store.read_pool())
+            .await
+            .unwrap();
+        assert_eq!(left, vec![event_ids[1]]);
+        writer.shutdown().await;
+    }
 
     #[test]
     fn mentions_are_exact() {
