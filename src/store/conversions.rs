@@ -63,11 +63,12 @@ pub(super) fn enqueue_lead_submitted(
     now_ms: i64,
 ) -> rusqlite::Result<u64> {
     let n = conn
-        .prepare_cached(
-            "INSERT INTO conversions (event_id, lead_id, event_name, event_time, next_attempt_at, \
-             created_at, updated_at) VALUES (?1, ?2, 'LeadSubmitted', ?3, ?4, ?4, ?4) \
-             ON CONFLICT (event_id) DO NOTHING",
-        )?
+        .prepare_cached(concat!(
+            "INSERT INTO conversions (id, event_id, lead_id, event_name, event_time, \
+             next_attempt_at, created_at, updated_at) VALUES (",
+            next_id!("conversions", "conversion_ids_taken"),
+            ", ?1, ?2, 'LeadSubmitted', ?3, ?4, ?4, ?4) ON CONFLICT (event_id) DO NOTHING"
+        ))?
         .execute(params![
             default_event_id(lead_id, "LeadSubmitted"),
             lead_id,
@@ -89,10 +90,12 @@ pub async fn insert(
     let turn = store.write_turn().await;
     let pool = turn.pool();
     let created: Option<ConversionRow> = sqlx::query_as(&format!(
-        "INSERT INTO conversions (event_id, lead_id, event_name, event_time, value, currency, \
-         next_attempt_at, created_at, updated_at) \
-         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7 WHERE EXISTS (SELECT 1 FROM leads WHERE id = ?2) \
-         ON CONFLICT (event_id) DO NOTHING RETURNING {COLUMNS}"
+        "INSERT INTO conversions (id, event_id, lead_id, event_name, event_time, value, \
+         currency, next_attempt_at, created_at, updated_at) \
+         SELECT {next}, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7 \
+         WHERE EXISTS (SELECT 1 FROM leads WHERE id = ?2) \
+         ON CONFLICT (event_id) DO NOTHING RETURNING {COLUMNS}",
+        next = next_id!("conversions", "conversion_ids_taken")
     ))
     .bind(&new.event_id)
     .bind(new.lead_id)
@@ -185,7 +188,7 @@ pub enum Outcome {
 
 /// Records outcomes in one statement (a Conversions API batch holds up to 1,000 events): the
 /// outcomes go in as one JSON array, which SQLite's `json_each` joins to the rows by id and
-/// `event_id` (a row id may be taken again once an erasure deletes the highest one, and an
+/// `event_id` (a row id freed by an erasure before migration 0011 may be taken again, and an
 /// outcome recorded late must not mark the event that took it).
 pub async fn record(
     store: &Store,

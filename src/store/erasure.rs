@@ -91,12 +91,16 @@ fn erase_leads(conn: &mut Connection, id: &str, upto: i64) -> Result<u64, StoreE
     let erased =
         format!("SELECT id FROM leads WHERE id IN ({CONTACT_LEAD_IDS}) AND event_id <= ?2");
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    // New leads are numbered above this, so an erased lead's id is never given to another
-    // person's (whose forwarded lead, auto LeadSubmitted `event_id` and API URL would then
-    // repeat it).
+    // New rows are numbered above these, so an erased row's id is never given to another
+    // person's: a lead's would repeat its forwarded `id`, its auto LeadSubmitted `event_id` and
+    // its API URL; a delivery's or a conversion's, their API URLs.
     tx.execute(
-        "UPDATE projection SET lead_ids_taken = \
-         max(lead_ids_taken, (SELECT coalesce(max(id), 0) FROM leads))",
+        "UPDATE projection SET \
+         lead_ids_taken = max(lead_ids_taken, (SELECT coalesce(max(id), 0) FROM leads)), \
+         delivery_ids_taken = \
+           max(delivery_ids_taken, (SELECT coalesce(max(id), 0) FROM deliveries)), \
+         conversion_ids_taken = \
+           max(conversion_ids_taken, (SELECT coalesce(max(id), 0) FROM conversions))",
         [],
     )?;
     for sql in [

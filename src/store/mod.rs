@@ -12,6 +12,23 @@
 //! file's write lock, so a second backend (PostgreSQL, for several replicas) can sit beside
 //! SQLite behind the same functions.
 
+/// SQL for the id that a one-row insert into `$table` gives its row: above every stored id and
+/// above `projection.$taken`, the highest id an erasure deleted. SQLite alone gives the highest
+/// id again once its row is gone, and an id must never name two rows (an API client that read
+/// `GET /v1/deliveries/{id}` before an erasure would read another person's row after it).
+/// Uncorrelated, so SQLite evaluates it once per run of the statement: one row per run only.
+macro_rules! next_id {
+    ($table:literal, $taken:literal) => {
+        concat!(
+            "(SELECT max(coalesce((SELECT max(id) FROM ",
+            $table,
+            "), 0), coalesce((SELECT ",
+            $taken,
+            " FROM projection WHERE id = 1), 0)) + 1)"
+        )
+    };
+}
+
 mod checkpoint;
 pub mod codec;
 pub mod conversions;

@@ -97,11 +97,18 @@ pub(super) fn enqueue(
         if !filters.matches(lead.source_id(), lead.ref_(), lead.source_type()) {
             continue;
         }
-        conn.prepare_cached(
-            "INSERT INTO deliveries (destination, lead_id, next_attempt_at, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?4)",
-        )?
-        .execute(params![name, lead_id, now_ms + routes.first_delay_ms, now_ms])?;
+        conn.prepare_cached(concat!(
+            "INSERT INTO deliveries (id, destination, lead_id, next_attempt_at, created_at, \
+             updated_at) VALUES (",
+            next_id!("deliveries", "delivery_ids_taken"),
+            ", ?1, ?2, ?3, ?4, ?4)"
+        ))?
+        .execute(params![
+            name,
+            lead_id,
+            now_ms + routes.first_delay_ms,
+            now_ms
+        ])?;
         written += 1;
     }
     if routes.lead_submitted && lead.ctwa_clid().is_some() {
@@ -258,9 +265,10 @@ pub enum Mark {
     },
 }
 
-/// One finished attempt, named by its row id and its `webhook_id`: a row id may be taken
-/// again (`INTEGER PRIMARY KEY` reuses the highest id once that row is deleted, as an erasure
-/// does), and an attempt recorded late must not mark another delivery that took its id.
+/// One finished attempt, named by its row id and its `webhook_id`: a row id freed by an erasure
+/// before migration 0011 may be taken again (`INTEGER PRIMARY KEY` reuses the highest id once
+/// that row is deleted; new rows are numbered above erased ones since), and an attempt recorded
+/// late must not mark another delivery that took its id.
 #[derive(Debug, Clone)]
 pub struct Attempted {
     pub delivery_id: i64,
@@ -460,10 +468,12 @@ pub async fn replay(
         for (id, _) in &ids {
             // From the lead's row, not its id alone: a lead erased since the page was read gets
             // no delivery (one would wait forever, since only deliveries with a lead fall due).
-            total += sqlx::query(
-                "INSERT INTO deliveries (destination, lead_id, next_attempt_at, created_at, updated_at) \
-                 SELECT ?, id, ?, ?, ? FROM leads WHERE id = ?",
-            )
+            total += sqlx::query(concat!(
+                "INSERT INTO deliveries (id, destination, lead_id, next_attempt_at, created_at, \
+                 updated_at) SELECT ",
+                next_id!("deliveries", "delivery_ids_taken"),
+                ", ?, id, ?, ?, ? FROM leads WHERE id = ?"
+            ))
             .bind(destination)
             .bind(due_ms)
             .bind(now_ms)
