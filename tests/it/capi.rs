@@ -590,28 +590,18 @@ async fn erasure_takes_a_person_s_conversions_and_detected_events_along() {
     assert_eq!(left, 0);
 }
 
-/// The ids of the events `/v1/conversions` lists, newest first.
-async fn conversion_ids(app: &TestApp) -> Vec<i64> {
-    app.get_json("/v1/conversions").await["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["id"].as_i64().unwrap())
-        .collect()
-}
-
 #[tokio::test]
 async fn an_erased_event_s_id_is_never_given_to_a_new_one_even_after_a_restart() {
     let app = spawn_with(|s| capi(s, true)).await;
     graph_accepts(&app).await;
     deliver_fresh(&app, "wamid.I1", "4915100000031").await;
     deliver_fresh(&app, "wamid.I2", "4915100000032").await;
-    let ids = conversion_ids(&app).await;
+    let ids = app.listed_ids("/v1/conversions").await;
     assert_eq!(ids.len(), 2, "one auto LeadSubmitted each");
     let erased = ids[0];
     assert_eq!(app.delete("/v1/contacts/4915100000032").await.status(), 200);
     assert_eq!(
-        conversion_ids(&app).await.len(),
+        app.listed_ids("/v1/conversions").await.len(),
         1,
         "the newest event is gone"
     );
@@ -620,7 +610,7 @@ async fn an_erased_event_s_id_is_never_given_to_a_new_one_even_after_a_restart()
     let app = app.restart_with(|s| capi(s, true)).await;
     graph_accepts(&app).await;
     deliver_fresh(&app, "wamid.I3", "4915100000033").await;
-    let ids = conversion_ids(&app).await;
+    let ids = app.listed_ids("/v1/conversions").await;
     assert_eq!(ids.len(), 2);
     assert!(
         ids[0] > erased,
@@ -636,7 +626,7 @@ async fn an_erased_event_s_id_is_never_given_to_a_new_one_even_after_a_restart()
         )
         .await;
     assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
-    let ids = conversion_ids(&app).await;
+    let ids = app.listed_ids("/v1/conversions").await;
     assert_eq!(ids.len(), 3);
     assert!(ids[0] > erased, "{ids:?}");
 }

@@ -550,16 +550,6 @@ async fn an_attempt_recorded_after_its_delivery_was_erased_leaves_the_one_that_t
     assert_eq!(row["attempts"], 1, "its own attempt only");
 }
 
-/// The ids of the deliveries `/v1/deliveries` lists, newest first.
-async fn delivery_ids(app: &TestApp) -> Vec<i64> {
-    app.get_json("/v1/deliveries").await["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["id"].as_i64().unwrap())
-        .collect()
-}
-
 #[tokio::test]
 async fn an_erased_delivery_s_id_is_never_given_to_a_new_one_even_after_a_restart() {
     let dest = destination().await;
@@ -571,10 +561,10 @@ async fn an_erased_delivery_s_id_is_never_given_to_a_new_one_even_after_a_restar
     app.deliver(&lead_delivery("wamid.N2", "4915100000022", "ad-1"))
         .await;
     received(&dest, 2, 10).await;
-    let erased = delivery_ids(&app).await[0];
+    let erased = app.listed_ids("/v1/deliveries").await[0];
     assert_eq!(app.delete("/v1/contacts/4915100000022").await.status(), 200);
     assert_eq!(
-        delivery_ids(&app).await.len(),
+        app.listed_ids("/v1/deliveries").await.len(),
         1,
         "the newest delivery is gone"
     );
@@ -586,7 +576,7 @@ async fn an_erased_delivery_s_id_is_never_given_to_a_new_one_even_after_a_restar
     app.deliver(&lead_delivery("wamid.N3", "4915100000023", "ad-1"))
         .await;
     received(&dest, 3, 10).await;
-    let ids = delivery_ids(&app).await;
+    let ids = app.listed_ids("/v1/deliveries").await;
     assert_eq!(ids.len(), 2);
     assert!(
         ids[0] > erased,
@@ -596,7 +586,7 @@ async fn an_erased_delivery_s_id_is_never_given_to_a_new_one_even_after_a_restar
     // A replay numbers its deliveries above it too.
     let res = app.post("/v1/forward/crm/replay").await;
     assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
-    let ids = delivery_ids(&app).await;
+    let ids = app.listed_ids("/v1/deliveries").await;
     assert_eq!(ids.len(), 4);
     assert!(ids[1] > erased, "{ids:?}");
 }

@@ -437,6 +437,17 @@ impl TestApp {
             .expect("a JSON answer")
     }
 
+    /// The `id`s of the rows a `/v1` listing (`/v1/deliveries`, `/v1/conversions`) answers, in
+    /// its order (newest first).
+    pub async fn listed_ids(&self, path: &str) -> Vec<i64> {
+        self.get_json(path).await["data"]
+            .as_array()
+            .expect("a data array")
+            .iter()
+            .map(|row| row["id"].as_i64().expect("a numeric id"))
+            .collect()
+    }
+
     /// An authorized `/v1` POST of `body` as JSON.
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
         self.client
