@@ -16,10 +16,8 @@ FILL=${2:-60}
 RATE=${3:-6000}
 PORT=${BENCH_PORT:-18084}
 URL="http://127.0.0.1:$PORT"
-LOADGEN=target/release/examples/loadgen
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-[ -x "$LOADGEN" ] || cargo build --release --locked --quiet --example loadgen
+LOADGEN=$(bench_loadgen)
+bench_work
 bench_config "$PORT" "sqlite://$WORK/db/leads.db" >"$WORK/config.toml"
 "$BIN" serve --config "$WORK/config.toml" >"$WORK/server.log" 2>&1 &
 bench_up "$PORT"

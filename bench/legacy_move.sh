@@ -12,8 +12,7 @@ cd "$(dirname "$0")/.."
 BIN=$(bench_server "${1:-}")
 COUNT=${2:-600}
 PORT=${BENCH_PORT:-18082}
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+bench_work
 bench_config "$PORT" "sqlite://$WORK/db/leads.db" >"$WORK/config.toml"
 # The schema as it is now, which still has the (empty) `events` table; then the old rows.
 "$BIN" serve --config "$WORK/config.toml" >"$WORK/server.log" 2>&1 &

@@ -1,6 +1,6 @@
 # Sourced by the bench scripts: the configuration every benchmark server starts from (the load
-# generator signs with bench-app-secret and reads with bench-api-token), and a wait for a
-# server to answer.
+# generator signs with bench-app-secret and reads with bench-api-token), a wait for a server to
+# answer, the binaries to run, and a scratch folder cleaned up on exit.
 
 # bench_config PORT DATABASE_URL: prints the configuration; append sections after it.
 bench_config() {
@@ -39,4 +39,18 @@ bench_server() {
   fi
   cargo build --release --locked --quiet --bin ctwa-leads >&2
   echo target/release/ctwa-leads
+}
+
+# bench_loadgen: prints the load generator to run, building the release one if it is missing.
+bench_loadgen() {
+  local bin=target/release/examples/loadgen
+  [ -x "$bin" ] || cargo build --release --locked --quiet --example loadgen >&2
+  echo "$bin"
+}
+
+# bench_work: sets WORK to a fresh folder, removed when the script exits, after every job the
+# script started is killed.
+bench_work() {
+  WORK=$(mktemp -d)
+  trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 }

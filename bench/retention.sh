@@ -13,10 +13,8 @@ cd "$(dirname "$0")/.."
 BIN=$(bench_server "${1:-}")
 COUNT=${2:-1000000}
 PORT=${BENCH_PORT:-18083}
-LOADGEN=target/release/examples/loadgen
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-[ -x "$LOADGEN" ] || cargo build --release --locked --quiet --example loadgen
+LOADGEN=$(bench_loadgen)
+bench_work
 { bench_config "$PORT" "sqlite://$WORK/db/leads.db"; cat <<TOML
 [retention]
 raw_events_days = 30

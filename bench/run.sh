@@ -29,8 +29,7 @@ PORT=${BENCH_PORT:-18080}
 URL="http://127.0.0.1:$PORT"
 SECRET=bench-app-secret
 TOKEN=bench-api-token
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+bench_work
 # No run's files are removed before the end (see start, below), so the whole run must fit at
 # once. A generous bound: ~4 KB per prefilled lead (the grown database, its log included), and
 # ~60 MB per second of each of the six sustained runs (up to ~20,000 deliveries/s at up to

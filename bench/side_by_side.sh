@@ -28,10 +28,8 @@ B=$(readlink -f "$2")
 CONNS=${3:-32}
 SECS=${4:-20}
 MIX=${MIX:-real}
-LOADGEN=target/release/examples/loadgen
-[ -x "$LOADGEN" ] || cargo build --release --locked --quiet --example loadgen
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+LOADGEN=$(bench_loadgen)
+bench_work
 
 start() { # binary port dir: prints the server's pid
   mkdir -p "$3"
