@@ -41,6 +41,7 @@ struct Inner {
     hold_back: Option<crate::config::HoldBack>,
     forwarding: Arc<crate::forward::Forwarding>,
     capi: crate::config::CapiSettings,
+    erasures: crate::leads::eraser::Erasures,
 }
 
 impl AppState {
@@ -92,6 +93,9 @@ impl AppState {
     pub fn capi(&self) -> &crate::config::CapiSettings {
         &self.0.capi
     }
+    pub fn erasures(&self) -> &crate::leads::eraser::Erasures {
+        &self.0.erasures
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +122,7 @@ pub struct Application {
     writer: WriterTask,
     dispatcher: crate::forward::Dispatcher,
     conversions: crate::capi::Sender,
+    eraser: crate::leads::eraser::Eraser,
     header_read_timeout: Duration,
 }
 
@@ -142,6 +147,8 @@ impl Application {
             &settings.forwarding.retry_schedule,
             store.clone(),
         )?;
+        let erasures = crate::leads::eraser::Erasures::default();
+        let eraser = crate::leads::eraser::Eraser::start(store.clone(), erasures.clone());
         let state = AppState(Arc::new(Inner {
             verifier: SignatureVerifier::new(&settings.webhook.app_secrets),
             verify_token: settings.webhook.verify_token.clone(),
@@ -164,6 +171,7 @@ impl Application {
             hold_back: settings.ingest.hold_back(),
             forwarding,
             capi: settings.capi.clone(),
+            erasures,
         }));
         let addr = settings.server.listen;
         let listener = TcpListener::bind(addr)
@@ -190,6 +198,7 @@ impl Application {
             writer,
             dispatcher,
             conversions,
+            eraser,
             header_read_timeout: Duration::from_secs(settings.server.header_read_timeout_secs),
         })
     }
@@ -229,6 +238,7 @@ impl Application {
             writer,
             dispatcher,
             conversions,
+            eraser,
             header_read_timeout,
         } = self;
         let stop = tokio_util::sync::CancellationToken::new();
@@ -250,6 +260,9 @@ impl Application {
         // and the projector then drain, and what they enqueue is sent after the next start.
         dispatcher.shutdown().await;
         conversions.shutdown().await;
+        // An erasure under way stops between two pages of its search and resumes after the
+        // next start.
+        eraser.shutdown().await;
         writer.shutdown().await;
         store.close().await;
         tracing::info!("stopped");

@@ -1,9 +1,10 @@
 //! Leads: [`extract`] turns a verified delivery into leads (pure, no I/O), each [`packed`] into one
 //! buffer for the store, [`api`] serves the
-//! stored ones over `/v1/leads` ([`export`] streams them as CSV or NDJSON), and [`erasure`] removes one person's data on request.
+//! stored ones over `/v1/leads` ([`export`] streams them as CSV or NDJSON), [`erasure`] takes requests to remove one person's data, and [`eraser`] carries them out.
 
 pub mod api;
 pub mod detected;
+pub mod eraser;
 pub mod erasure;
 mod export;
 pub mod extract;

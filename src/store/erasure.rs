@@ -11,13 +11,16 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection};
 
+use tokio_util::sync::CancellationToken;
+
+use super::erasure_requests::Pending;
 use super::leads::CONTACT_LEAD_IDS;
 use super::scan::{Entry, LogScan};
 use super::writer::open_connection;
 use super::{Store, StoreError};
 
 /// What one erasure removed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Erased {
     /// Leads whose `wa_id` or `user_id` was the id.
     pub leads: u64,
@@ -30,9 +33,11 @@ pub struct Erased {
 }
 
 impl Store {
-    /// Removes everything stored about `id` (a `wa_id` or a BSUID `user_id`) that was
-    /// acknowledged before this call: first the raw deliveries in the log, then the leads. Each
-    /// part is one transaction; repeating a half-done erasure finishes it.
+    /// Carries out erasure `request`: removes everything stored about its subject (a `wa_id`
+    /// or a BSUID `user_id`) that was acknowledged before this call, first the raw deliveries
+    /// in the log, then the leads. Each part is one transaction; the second also marks the
+    /// request done, with its counts, and forgets the subject. An attempt cut short (a restart,
+    /// an error) leaves the request pending, and the next attempt finishes it.
     ///
     /// It waits for the projection to reach every delivery acknowledged before it
     /// ([`StoreError::ProjectionBehind`] if the projector is failing, or has not within
@@ -46,11 +51,13 @@ impl Store {
     /// million deliveries that takes seconds, and a projector held that long would hold back
     /// acknowledgements); only the leads' removal takes a turn at the leads file's write lock.
     /// Deliveries past that watermark, acknowledged since this erasure began, are left to their
-    /// round, raw copy and leads alike.
+    /// round, raw copy and leads alike. `stop` ends the search between two pages of the log
+    /// ([`StoreError::Interrupted`]), so that a shutdown need not wait for a long scan.
     pub async fn erase_contact(
         &self,
-        id: String,
+        request: &Pending,
         catch_up: Duration,
+        stop: &CancellationToken,
     ) -> Result<Erased, StoreError> {
         if !self.caught_up(catch_up, true).await {
             return Err(StoreError::ProjectionBehind);
@@ -58,19 +65,25 @@ impl Store {
         let upto = self.progress.projected.load(Ordering::Acquire);
         let (path, log_path, durability) =
             (self.path.clone(), self.log_path.clone(), self.durability);
-        let contact = id.clone();
+        let (contact, stop) = (request.subject.clone(), stop.clone());
         let raw = super::blocking(move || {
             let mut log = open_connection(&log_path, durability)?;
-            let raw = erase_raw(&mut log, &contact, upto)?;
+            let raw = erase_raw(&mut log, &contact, upto, &stop)?;
             log.close().map_err(|(_, err)| err)?;
             Ok(raw)
         })
         .await?;
         let turn = self.turns().take().await;
+        let (id, subject) = (request.id, request.subject.clone());
         let leads = super::blocking(move || {
             let _turn = turn;
             let mut conn = open_connection(&path, durability)?;
-            let removed = erase_leads(&mut conn, &id, upto)?;
+            let done = Done {
+                request: id,
+                raw,
+                now_ms: chrono::Utc::now().timestamp_millis(),
+            };
+            let removed = erase_leads(&mut conn, &subject, upto, &done)?;
             conn.close().map_err(|(_, err)| err)?;
             Ok(removed)
         })
@@ -83,11 +96,21 @@ impl Store {
     }
 }
 
+/// What the leads' transaction records on the request it finishes.
+struct Done {
+    request: i64,
+    raw: RawErased,
+    now_ms: i64,
+}
+
 /// Deletes the leads of `id` built from log entries up to `upto`, in one transaction, with
 /// their forwarding deliveries and conversion events (none exists without its lead) and the
-/// events Meta detected in their chats (linked by the leads' click ids); returns how many
-/// leads. The caller holds a turn at the leads file's write lock.
-fn erase_leads(conn: &mut Connection, id: &str, upto: i64) -> Result<u64, StoreError> {
+/// events Meta detected in their chats (linked by the leads' click ids), and marks request
+/// `done.request` finished; returns how many leads. The raw deliveries' counts are added to
+/// what earlier attempts recorded, but a process that dies between the log's commit and this
+/// one leaves those entries uncounted (they are gone all the same). The caller holds a turn at
+/// the leads file's write lock.
+fn erase_leads(conn: &mut Connection, id: &str, upto: i64, done: &Done) -> Result<u64, StoreError> {
     let erased =
         format!("SELECT id FROM leads WHERE id IN ({CONTACT_LEAD_IDS}) AND event_id <= ?2");
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -117,6 +140,18 @@ fn erase_leads(conn: &mut Connection, id: &str, upto: i64) -> Result<u64, StoreE
         &format!("DELETE FROM leads WHERE id IN ({erased})"),
         params![id, upto],
     )? as u64;
+    tx.execute(
+        "UPDATE erasures SET subject = NULL, finished_at = ?2, last_error = NULL, \
+         leads = leads + ?3, raw_deliveries = raw_deliveries + ?4, \
+         unreadable_raw_deliveries = ?5 WHERE id = ?1",
+        params![
+            done.request,
+            done.now_ms,
+            removed as i64,
+            done.raw.removed as i64,
+            done.raw.unreadable as i64
+        ],
+    )?;
     tx.commit()?;
     Ok(removed)
 }
@@ -172,6 +207,7 @@ impl<'a> ByteFilter<'a> {
 }
 
 /// What [`erase_raw`] did: entries removed, and entries it could not read.
+#[derive(Clone, Copy)]
 struct RawErased {
     removed: u64,
     unreadable: u64,
@@ -182,7 +218,12 @@ struct RawErased {
 /// retention bounds the log). An entry that does not unpack is counted and logged, not
 /// guessed at: failing on it would refuse every erasure until someone repaired the log, and
 /// removing it would lose a delivery that a later build might read.
-fn erase_raw(log: &mut Connection, id: &str, upto: i64) -> Result<RawErased, StoreError> {
+fn erase_raw(
+    log: &mut Connection,
+    id: &str,
+    upto: i64,
+    stop: &CancellationToken,
+) -> Result<RawErased, StoreError> {
     let mut hits = Vec::new();
     let mut unreadable = 0;
     let bytes = ByteFilter::new(id);
@@ -214,7 +255,11 @@ fn erase_raw(log: &mut Connection, id: &str, upto: i64) -> Result<RawErased, Sto
         Ok(())
     };
     let mut scan = LogScan::new(PAGE).upto(upto);
-    while scan.next_page(log, &mut search)? > 0 {}
+    while scan.next_page(log, &mut search)? > 0 {
+        if stop.is_cancelled() {
+            return Err(StoreError::Interrupted);
+        }
+    }
     let tx = log.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut removed = 0;
     for entry in hits {
@@ -230,6 +275,7 @@ fn erase_raw(log: &mut Connection, id: &str, upto: i64) -> Result<RawErased, Sto
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::erasure_requests;
 
     /// A store on fresh files in `dir`, as the service opens it.
     async fn store_in(dir: &std::path::Path) -> (Store, super::super::WriterTask) {
@@ -262,6 +308,14 @@ mod tests {
         store.ingest(record).await.expect("acknowledged");
     }
 
+    /// Records a request to erase `subject` and takes it, as the eraser does.
+    async fn requested(store: &Store, subject: &str) -> Pending {
+        let row = erasure_requests::request(store, subject, 1).await.unwrap();
+        let taken = erasure_requests::take_next(store, 2).await.unwrap();
+        assert_eq!(taken.as_ref().map(|p| p.id), Some(row.id));
+        taken.unwrap()
+    }
+
     async fn count(store: &Store, sql: &str) -> i64 {
         sqlx::query_scalar(sql)
             .fetch_one(store.read_pool())
@@ -278,12 +332,13 @@ mod tests {
         assert_eq!(count(&store, "SELECT COUNT(*) FROM leads").await, 1);
 
         // A projection round in progress: it holds the turn at the leads file's write lock.
+        let request = requested(&store, "4915112345678").await;
         let round = store.turns().take().await;
         let erasure = tokio::spawn({
             let store = store.clone();
             async move {
                 store
-                    .erase_contact("4915112345678".into(), Duration::from_secs(5))
+                    .erase_contact(&request, Duration::from_secs(5), &CancellationToken::new())
                     .await
             }
         });
@@ -332,7 +387,15 @@ mod tests {
         let removed = super::super::blocking(move || {
             let _turn = turn;
             let mut conn = open_connection(&path, crate::config::Durability::Full)?;
-            erase_leads(&mut conn, "4915112345678", upto)
+            let done = Done {
+                request: 0,
+                raw: RawErased {
+                    removed: 0,
+                    unreadable: 0,
+                },
+                now_ms: 3,
+            };
+            erase_leads(&mut conn, "4915112345678", upto, &done)
         })
         .await
         .unwrap();
@@ -342,6 +405,106 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(left, vec![event_ids[1]]);
+        writer.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_request_is_finished_with_its_counts_and_forgets_whom_it_erased() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = store_in(dir.path()).await;
+        deliver(&store, "1").await;
+        assert!(store.wait_projected(Duration::from_secs(10)).await);
+        let request = requested(&store, "4915112345678").await;
+        let stored = |sql: &'static str| {
+            let store = store.clone();
+            async move {
+                sqlx::query_scalar::<_, Option<String>>(sql)
+                    .fetch_one(store.read_pool())
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(
+            stored("SELECT subject FROM erasures").await.as_deref(),
+            Some("4915112345678"),
+            "kept while pending, so that a restart resumes it"
+        );
+        store
+            .erase_contact(&request, Duration::from_secs(5), &CancellationToken::new())
+            .await
+            .expect("erased");
+        let row = erasure_requests::by_id(&store, request.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(row.finished_at.is_some());
+        assert_eq!(
+            (row.attempts, row.leads, row.raw_deliveries),
+            (1, 1, 1),
+            "{row:?}"
+        );
+        assert_eq!(stored("SELECT subject FROM erasures").await, None);
+        assert_eq!(
+            erasure_requests::take_next(&store, 4).await.unwrap(),
+            None,
+            "nothing left to do"
+        );
+        writer.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_repeated_request_joins_one_not_yet_begun_but_not_one_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = store_in(dir.path()).await;
+        let first = erasure_requests::request(&store, "4915100000001", 1)
+            .await
+            .unwrap();
+        let again = erasure_requests::request(&store, "4915100000001", 2)
+            .await
+            .unwrap();
+        assert_eq!(again.id, first.id, "waiting: joined");
+        let other = erasure_requests::request(&store, "4915100000002", 3)
+            .await
+            .unwrap();
+        assert_ne!(other.id, first.id);
+        let taken = erasure_requests::take_next(&store, 4)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(taken.id, first.id, "oldest first");
+        let later = erasure_requests::request(&store, "4915100000001", 5)
+            .await
+            .unwrap();
+        assert_ne!(
+            later.id, first.id,
+            "under way, it may have searched the log already: a request of its own"
+        );
+        writer.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_stopped_search_removes_nothing_and_leaves_the_request_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = store_in(dir.path()).await;
+        deliver(&store, "1").await;
+        assert!(store.wait_projected(Duration::from_secs(10)).await);
+        let request = requested(&store, "4915112345678").await;
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let err = store
+            .erase_contact(&request, Duration::from_secs(5), &stop)
+            .await
+            .expect_err("stopped");
+        assert!(matches!(err, StoreError::Interrupted), "{err}");
+        assert_eq!(store.log_entries().await.unwrap(), 1);
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM leads").await, 1);
+        let row = erasure_requests::by_id(&store, request.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.finished_at, None);
+        let resumed = erasure_requests::take_next(&store, 5).await.unwrap();
+        assert_eq!(resumed.map(|p| p.id), Some(request.id), "taken again");
         writer.shutdown().await;
     }
 

@@ -33,6 +33,7 @@ mod checkpoint;
 pub mod codec;
 pub mod conversions;
 pub mod erasure;
+pub mod erasure_requests;
 pub mod leads;
 pub mod log;
 pub mod maintenance;
@@ -91,6 +92,9 @@ pub enum StoreError {
     /// The projection has not reached what a request needs (an erasure waits for it).
     #[error("the projection is behind the log")]
     ProjectionBehind,
+    /// A long task (an erasure's search of the log) was stopped for a shutdown.
+    #[error("stopped for a shutdown before it finished")]
+    Interrupted,
 }
 
 /// Turns at the leads database's write lock, handed out in arrival order. Several connections

@@ -460,6 +460,19 @@ impl TestApp {
     }
 
     /// An authorized `/v1` DELETE.
+    /// `DELETE /v1/contacts/{id}`, answered done (200): the counts of what it removed.
+    pub async fn erase(&self, id: &str) -> serde_json::Value {
+        let res = self.delete(&format!("/v1/contacts/{id}")).await;
+        assert_eq!(
+            res.status(),
+            200,
+            "the erasure is done in the request's time"
+        );
+        let erasure: serde_json::Value = res.json().await.expect("a JSON answer");
+        assert_eq!(erasure["status"], "done", "{erasure}");
+        erasure_counts(&erasure)
+    }
+
     pub async fn delete(&self, path: &str) -> reqwest::Response {
         self.client
             .delete(self.url(path))
@@ -561,4 +574,13 @@ pub fn one_lead(wamid: &str) -> Vec<u8> {
         json!([contact("4915100000001", "Ana")]),
         json!([referral_message(wamid, "4915100000001", "AD1")]),
     ))
+}
+
+/// The counts of an erasure request (`DELETE /v1/contacts/{id}`, `GET /v1/erasures/{id}`).
+pub fn erasure_counts(erasure: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "leads": erasure["leads"],
+        "raw_deliveries": erasure["raw_deliveries"],
+        "unreadable_raw_deliveries": erasure["unreadable_raw_deliveries"],
+    })
 }

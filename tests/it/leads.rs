@@ -749,11 +749,21 @@ async fn erasing_a_contact_removes_their_leads_and_every_raw_delivery_that_menti
 
     let res = app.delete("/v1/contacts/4915100000077").await;
     assert_eq!(res.status(), 200);
-    let erased: Value = res.json().await.unwrap();
+    let erasure: Value = res.json().await.unwrap();
+    assert_eq!(erasure["status"], "done");
     assert_eq!(
-        erased,
+        erasure_counts(&erasure),
         json!({"leads": 1, "raw_deliveries": 2, "unreadable_raw_deliveries": 0})
     );
+    assert!(erasure["finished_at"].is_string(), "{erasure}");
+    assert!(
+        !erasure.to_string().contains("4915100000077"),
+        "the request never names the person"
+    );
+    let recorded = app
+        .get_json(&format!("/v1/erasures/{}", erasure["id"]))
+        .await;
+    assert_eq!(recorded, erasure, "the request's record is kept");
     assert!(app.lead("w.ana").await.is_none());
     assert!(
         app.lead("w.bo").await.is_some(),
@@ -762,16 +772,14 @@ async fn erasing_a_contact_removes_their_leads_and_every_raw_delivery_that_menti
     assert!(app.lead("w.other").await.is_some());
     assert_eq!(app.event_count().await, 2);
 
-    let res = app.delete("/v1/contacts/US.erase.1").await;
     assert_eq!(
-        res.json::<Value>().await.unwrap(),
+        app.erase("US.erase.1").await,
         json!({"leads": 1, "raw_deliveries": 1, "unreadable_raw_deliveries": 0})
     );
     assert!(app.lead("w.cy").await.is_none());
     // Nothing left: zero counts, still 200.
-    let res = app.delete("/v1/contacts/4915100000077").await;
     assert_eq!(
-        res.json::<Value>().await.unwrap(),
+        app.erase("4915100000077").await,
         json!({"leads": 0, "raw_deliveries": 0, "unreadable_raw_deliveries": 0})
     );
     if let Some(logs) = captured_logs() {
@@ -819,11 +827,10 @@ async fn an_unreadable_raw_delivery_does_not_block_an_erasure_and_is_counted() {
         .execute(&log)
         .await
         .unwrap();
-    let res = app.delete("/v1/contacts/4915100000055").await;
-    assert_eq!(res.status(), 200, "the rest of the erasure is carried out");
     assert_eq!(
-        res.json::<Value>().await.unwrap(),
-        json!({"leads": 2, "raw_deliveries": 1, "unreadable_raw_deliveries": 1})
+        app.erase("4915100000055").await,
+        json!({"leads": 2, "raw_deliveries": 1, "unreadable_raw_deliveries": 1}),
+        "the rest of the erasure is carried out"
     );
     assert!(app.lead("w.fa1").await.is_none() && app.lead("w.fa2").await.is_none());
     assert!(app.lead("w.ha").await.is_some());
@@ -848,10 +855,8 @@ async fn an_erasure_right_after_a_delivery_waits_for_its_projection() {
     );
     assert_eq!(app.deliver_no_wait(&batch).await.status(), 200);
     assert_eq!(app.lead_count().await, 0, "acknowledged, not yet projected");
-    let res = app.delete("/v1/contacts/4915100000066").await;
-    assert_eq!(res.status(), 200);
     assert_eq!(
-        res.json::<Value>().await.unwrap(),
+        app.erase("4915100000066").await,
         json!({"leads": 1, "raw_deliveries": 1, "unreadable_raw_deliveries": 0}),
         "the lead acknowledged before the erasure is counted and removed"
     );
@@ -867,13 +872,35 @@ async fn an_erasure_right_after_a_delivery_waits_for_its_projection() {
     assert_eq!(app.event_count().await, 0, "the raw batch is gone");
 }
 
+/// Polls `GET {location}` until the erasure request is done; its record.
+async fn erasure_done(app: &TestApp, location: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let erasure = app.get_json(location).await;
+        if erasure["status"] == "done" {
+            return erasure;
+        }
+        assert_eq!(erasure["status"], "pending", "{erasure}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the erasure was not done: {erasure}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
-async fn an_erasure_that_outlasts_its_request_still_finishes_and_is_audited() {
+async fn an_erasure_that_outlasts_its_request_is_answered_202_and_done_behind_it() {
     let app = spawn_with(|s| s.server.request_timeout_secs = 1).await;
     assert_eq!(app.deliver(&one_lead("w.slow")).await.status(), 200);
-    // Another writer holds the leads file's write lock past the request's deadline, so the
-    // erasure's last step waits for it.
-    let mut conn = app.outside_writer().await;
+    // Another writer holds the log's write lock past the request's time, so the erasure
+    // cannot remove the raw delivery it found.
+    let log = app.outside_log().await;
+    let mut held = log.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *held)
+        .await
+        .unwrap();
     let res = app
         .client
         .delete(app.url("/v1/contacts/4915100000001"))
@@ -882,36 +909,43 @@ async fn an_erasure_that_outlasts_its_request_still_finishes_and_is_audited() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 408);
-    sqlx::query("COMMIT").execute(&mut *conn).await.unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while app.lead("w.slow").await.is_some() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the erasure did not finish"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    assert_eq!(res.status(), 202);
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    let accepted: Value = res.json().await.unwrap();
+    assert_eq!(location, format!("/v1/erasures/{}", accepted["id"]));
+    assert_eq!(accepted["status"], "pending", "{accepted}");
+    assert_eq!(accepted["finished_at"], Value::Null);
+    assert!(app.lead("w.slow").await.is_some(), "nothing removed yet");
+    sqlx::query("COMMIT").execute(&mut *held).await.unwrap();
+    drop(held);
+
+    let done = erasure_done(&app, &location).await;
+    assert_eq!(
+        erasure_counts(&done),
+        json!({"leads": 1, "raw_deliveries": 1, "unreadable_raw_deliveries": 0})
+    );
+    assert!(app.lead("w.slow").await.is_none());
     assert_eq!(app.event_count().await, 0);
-    if captured_logs().is_some() {
-        let audited = || {
-            captured_logs().unwrap_or_default().lines().any(|l| {
-                l.contains("request_id=erasure-outlasted-1")
-                    && l.contains("erasure request carried out")
-            })
-        };
-        while !audited() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no audit line for the erasure"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+    if let Some(logs) = captured_logs() {
+        // The request's line ties its request id to the erasure's, whose audit line follows.
+        let erasure = format!("erasure={}", accepted["id"]);
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("request_id=erasure-outlasted-1")
+                    && l.contains("erasure requested")
+                    && l.contains(&erasure)),
+            "the request is logged with its erasure's id"
+        );
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("erasure request carried out") && l.contains(&erasure)),
+            "an audit line for the erasure"
+        );
     }
 }
 
 #[tokio::test]
-async fn an_erasure_while_the_projection_fails_removes_nothing_and_asks_for_a_retry() {
+async fn an_erasure_while_the_projection_fails_waits_for_it_and_is_done_once_it_recovers() {
     let app = spawn_app().await;
     // Break the read side: the projector's rounds fail, the log keeps acknowledging.
     let pool = app.outside_pool().await;
@@ -932,28 +966,84 @@ async fn an_erasure_while_the_projection_fails_removes_nothing_and_asks_for_a_re
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let res = app.delete("/v1/contacts/4915100000001").await;
-    assert_eq!(res.status(), 503);
-    assert!(res.headers().contains_key("retry-after"));
-    let err: Value = res.json().await.unwrap();
-    assert_eq!(err["error"]["type"], "unavailable", "{err}");
+    assert_eq!(res.status(), 202, "recorded, to be done when it can be");
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    let pending: Value = res.json().await.unwrap();
+    assert_eq!(pending["status"], "pending");
+    assert!(
+        pending["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("projection")),
+        "says what it waits for: {pending}"
+    );
     assert_eq!(
         app.event_count().await,
         1,
-        "the raw delivery is not touched"
+        "the raw delivery is not touched while its lead is not built"
     );
 
     sqlx::query("ALTER TABLE leads_away RENAME TO leads")
         .execute(&pool)
         .await
         .unwrap();
-    app.settle().await;
-    let res = app.delete("/v1/contacts/4915100000001").await;
+    let done = erasure_done(&app, &location).await;
     assert_eq!(
-        res.json::<Value>().await.unwrap(),
+        erasure_counts(&done),
         json!({"leads": 1, "raw_deliveries": 1, "unreadable_raw_deliveries": 0}),
-        "the retry removes both"
+        "once the projection recovers, both are removed"
     );
+    assert!(done["attempts"].as_i64().unwrap() > 1, "{done}");
+    assert_eq!(done["last_error"], Value::Null);
     assert!(app.lead("w.stuck").await.is_none());
+}
+
+#[tokio::test]
+async fn an_erasure_pending_at_shutdown_is_done_after_the_restart() {
+    let app = spawn_app().await;
+    assert_eq!(app.deliver(&one_lead("w.later")).await.status(), 200);
+    // The projector fails, so the erasure cannot be done before the shutdown.
+    let pool = app.outside_pool().await;
+    sqlx::query("ALTER TABLE leads RENAME TO leads_away")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(app.deliver_no_wait(&one_lead("w.more")).await.status(), 200);
+    let res = app.delete("/v1/contacts/4915100000001").await;
+    assert_eq!(res.status(), 202);
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    let app = app.restart().await;
+    assert_eq!(app.get_json(&location).await["status"], "pending");
+    // Mended only now, so the erasure is done by the new instance, from the recorded request.
+    sqlx::query("ALTER TABLE leads_away RENAME TO leads")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let done = erasure_done(&app, &location).await;
+    assert_eq!(
+        erasure_counts(&done),
+        json!({"leads": 2, "raw_deliveries": 2, "unreadable_raw_deliveries": 0}),
+        "resumed from the recorded request"
+    );
+    assert!(app.lead("w.later").await.is_none() && app.lead("w.more").await.is_none());
+    assert_eq!(app.event_count().await, 0);
+}
+
+#[tokio::test]
+async fn an_unknown_erasure_request_is_404() {
+    let app = spawn_app().await;
+    for path in ["/v1/erasures/7", "/v1/erasures/x", "/v1/erasures/-1"] {
+        let res = app.get(path).send().await.unwrap();
+        assert_eq!(res.status(), 404, "{path}");
+        let err: Value = res.json().await.unwrap();
+        assert_eq!(err["error"]["type"], "not_found", "{err}");
+    }
+    let res = app
+        .client
+        .get(app.url("/v1/erasures/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401, "bearer-protected");
 }
 
 #[tokio::test]
