@@ -62,10 +62,16 @@ impl Erasures {
             if row.finished_at.is_some() || row.last_error.is_some() {
                 return Ok(row);
             }
-            match tokio::time::timeout_at(deadline, attempted.changed()).await {
-                Ok(Ok(())) => {}
-                // The deadline, or the eraser gone for a shutdown: the request as it stands.
-                Ok(Err(_)) | Err(_) => return Ok(row),
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(row);
+            }
+            // Woken by an attempt's end, or at the deadline: either way the row is read again,
+            // so that the answer shows the request as it stands (begun, say).
+            if let Ok(Err(_)) = tokio::time::timeout_at(deadline, attempted.changed()).await {
+                // The eraser is gone (a shutdown): nothing more will change.
+                return erasure_requests::by_id(store, id)
+                    .await?
+                    .ok_or(sqlx::Error::RowNotFound);
             }
         }
     }

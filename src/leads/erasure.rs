@@ -32,9 +32,7 @@ const MAX_ID: usize = 128;
 pub struct Erasure {
     /// The request's id: `GET /v1/erasures/{id}`.
     pub id: i64,
-    /// `pending` (waiting for its turn, running, or retried after `last_error`) or `done`.
-    #[schema(example = "done")]
-    pub status: String,
+    pub status: ErasureStatus,
     /// RFC 3339 UTC.
     pub requested_at: String,
     /// When it was done, RFC 3339 UTC; null while pending.
@@ -53,16 +51,25 @@ pub struct Erasure {
     pub unreadable_raw_deliveries: i64,
 }
 
+/// Where an erasure request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ErasureStatus {
+    /// Waiting for its turn, under way, or to be retried after `last_error`.
+    Pending,
+    /// Carried out: the counts are final.
+    Done,
+}
+
 impl From<ErasureRow> for Erasure {
     fn from(r: ErasureRow) -> Self {
         Erasure {
             id: r.id,
             status: if r.finished_at.is_some() {
-                "done"
+                ErasureStatus::Done
             } else {
-                "pending"
-            }
-            .to_owned(),
+                ErasureStatus::Pending
+            },
             requested_at: super::api::rfc3339_millis(r.requested_at),
             finished_at: r.finished_at.map(super::api::rfc3339_millis),
             attempts: r.attempts,
