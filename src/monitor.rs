@@ -36,6 +36,9 @@ pub const FORWARD_PENDING: &str = "ctwa_forward_pending";
 pub const FORWARD_FAILED: &str = "ctwa_forward_failed";
 pub const FORWARD_OLDEST_PENDING: &str = "ctwa_forward_oldest_pending_seconds";
 pub const FORWARD_DISABLED: &str = "ctwa_forward_destination_disabled";
+pub const ERASURES: &str = "ctwa_erasures_total";
+pub const ERASURES_PENDING: &str = "ctwa_erasures_pending";
+pub const ERASURES_OLDEST_PENDING: &str = "ctwa_erasures_oldest_pending_seconds";
 
 /// What became of a `POST /webhook` delivery.
 #[derive(Debug, Clone, Copy)]
@@ -237,6 +240,17 @@ pub fn forward_backlog(destination: &str, pending: i64, failed: i64, oldest_pend
     gauge!(FORWARD_FAILED, "destination" => destination.to_owned()).set(failed as f64);
     gauge!(FORWARD_OLDEST_PENDING, "destination" => destination.to_owned())
         .set(oldest_pending_secs);
+}
+
+/// An erasure attempt's end: `done`, or `retry` (it could not finish yet).
+pub fn erasure_attempt(outcome: &'static str) {
+    counter!(ERASURES, "outcome" => outcome).increment(1);
+}
+
+/// Erasure requests not yet done, and the oldest one's age.
+pub fn erasures_pending(pending: i64, oldest_pending_secs: f64) {
+    gauge!(ERASURES_PENDING).set(pending as f64);
+    gauge!(ERASURES_OLDEST_PENDING).set(oldest_pending_secs);
 }
 
 /// 1 while a destination is disabled by a 410 Gone.

@@ -104,6 +104,7 @@ async fn run(store: Store, erasures: Erasures, stop: CancellationToken) {
     let mut pause = FIRST_PAUSE;
     while !stop.is_cancelled() {
         let now = chrono::Utc::now().timestamp_millis();
+        report_backlog(&store, now).await;
         let request = match erasure_requests::take_next(&store, now).await {
             Ok(Some(request)) => request,
             Ok(None) => {
@@ -133,6 +134,7 @@ async fn run(store: Store, erasures: Erasures, stop: CancellationToken) {
                     unreadable_raw_deliveries = erased.unreadable_raw_deliveries,
                     "erasure request carried out"
                 );
+                crate::monitor::erasure_attempt("done");
                 erasures.attempted.send_modify(|n| *n += 1);
                 pause = FIRST_PAUSE;
             }
@@ -153,12 +155,24 @@ async fn run(store: Store, erasures: Erasures, stop: CancellationToken) {
                 if let Err(err) = erasure_requests::attempt_failed(&store, request.id, &why).await {
                     tracing::warn!(%err, erasure = request.id, "could not record why");
                 }
+                crate::monitor::erasure_attempt("retry");
                 erasures.attempted.send_modify(|n| *n += 1);
                 if pause_or_stop(&stop, &mut pause).await {
                     break;
                 }
             }
         }
+    }
+}
+
+/// Sets the backlog's gauges: before each attempt, and at least every [`POLL`] when idle.
+async fn report_backlog(store: &Store, now_ms: i64) {
+    match erasure_requests::backlog(store).await {
+        Ok((pending, oldest)) => {
+            let age = oldest.map_or(0.0, |at| (now_ms - at).max(0) as f64 / 1000.0);
+            crate::monitor::erasures_pending(pending, age);
+        }
+        Err(err) => tracing::debug!(%err, "could not count the erasure requests"),
     }
 }
 

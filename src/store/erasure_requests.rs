@@ -97,3 +97,10 @@ pub async fn attempt_failed(store: &Store, id: i64, error: &str) -> Result<(), s
         .await
         .map(drop)
 }
+
+/// How many requests are not yet done, and when the oldest of them came (unix ms).
+pub async fn backlog(store: &Store) -> Result<(i64, Option<i64>), sqlx::Error> {
+    sqlx::query_as("SELECT COUNT(*), MIN(requested_at) FROM erasures WHERE subject IS NOT NULL")
+        .fetch_one(store.read_pool())
+        .await
+}

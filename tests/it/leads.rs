@@ -915,7 +915,10 @@ async fn an_erasure_that_outlasts_its_request_is_answered_202_and_done_behind_it
     assert_eq!(location, format!("/v1/erasures/{}", accepted["id"]));
     assert_eq!(accepted["status"], "pending", "{accepted}");
     assert_eq!(accepted["finished_at"], Value::Null);
-    assert_eq!(accepted["attempts"], 1, "under way, as it stands: {accepted}");
+    assert_eq!(
+        accepted["attempts"], 1,
+        "under way, as it stands: {accepted}"
+    );
     assert!(app.lead("w.slow").await.is_some(), "nothing removed yet");
     sqlx::query("COMMIT").execute(&mut *held).await.unwrap();
     drop(held);

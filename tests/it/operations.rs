@@ -39,11 +39,19 @@ async fn metrics_are_served_on_their_own_listener_and_cover_the_data_path() {
             .status(),
         200
     );
+    assert_eq!(
+        app.erase("4915100000001").await["leads"],
+        1,
+        "the lead of wamid.m1"
+    );
 
     let res = app.client.get(&metrics_url).send().await.unwrap();
     assert_eq!(res.status(), 200);
     let text = res.text().await.unwrap();
     for (series, at_least) in [
+        ("ctwa_erasures_total{outcome=\"done\"}", 1.0),
+        ("ctwa_erasures_pending", 0.0),
+        ("ctwa_erasures_oldest_pending_seconds", 0.0),
         ("ctwa_deliveries_total{outcome=\"stored\"}", 1.0),
         ("ctwa_deliveries_total{outcome=\"duplicate\"}", 1.0),
         ("ctwa_deliveries_total{outcome=\"bad_signature\"}", 1.0),
@@ -68,6 +76,7 @@ async fn metrics_are_served_on_their_own_listener_and_cover_the_data_path() {
     }
     // Lead ids never become label values: routes are templates.
     assert!(!text.contains("wamid.m1"));
+    assert!(!text.contains("4915100000001"), "nor a person erased");
     // Not on the public port.
     assert_eq!(
         app.client
