@@ -409,6 +409,17 @@ impl TestApp {
         conn
     }
 
+    /// Breaks the read side: the leads table is renamed away, so the projector's rounds fail
+    /// while the log keeps acknowledging. Returns the pool to [`mend_leads_table`] with.
+    pub async fn break_leads_table(&self) -> sqlx::SqlitePool {
+        let pool = self.outside_pool().await;
+        sqlx::query("ALTER TABLE leads RENAME TO leads_away")
+            .execute(&pool)
+            .await
+            .expect("the leads table renamed away");
+        pool
+    }
+
     /// A connection of its own to the app's delivery log.
     pub async fn outside_log(&self) -> sqlx::SqlitePool {
         sqlx::SqlitePool::connect(&format!("sqlite://{}", self.store.log_path().display()))
@@ -583,4 +594,12 @@ pub fn erasure_counts(erasure: &serde_json::Value) -> serde_json::Value {
         "raw_deliveries": erasure["raw_deliveries"],
         "unreadable_raw_deliveries": erasure["unreadable_raw_deliveries"],
     })
+}
+
+/// Undoes [`TestApp::break_leads_table`].
+pub async fn mend_leads_table(pool: &sqlx::SqlitePool) {
+    sqlx::query("ALTER TABLE leads_away RENAME TO leads")
+        .execute(pool)
+        .await
+        .expect("the leads table renamed back");
 }

@@ -952,11 +952,7 @@ async fn an_erasure_that_outlasts_its_request_is_answered_202_and_done_behind_it
 async fn an_erasure_while_the_projection_fails_waits_for_it_and_is_done_once_it_recovers() {
     let app = spawn_app().await;
     // Break the read side: the projector's rounds fail, the log keeps acknowledging.
-    let pool = app.outside_pool().await;
-    sqlx::query("ALTER TABLE leads RENAME TO leads_away")
-        .execute(&pool)
-        .await
-        .unwrap();
+    let pool = app.break_leads_table().await;
     assert_eq!(
         app.deliver_no_wait(&one_lead("w.stuck")).await.status(),
         200
@@ -986,10 +982,7 @@ async fn an_erasure_while_the_projection_fails_waits_for_it_and_is_done_once_it_
         "the raw delivery is not touched while its lead is not built"
     );
 
-    sqlx::query("ALTER TABLE leads_away RENAME TO leads")
-        .execute(&pool)
-        .await
-        .unwrap();
+    mend_leads_table(&pool).await;
     let done = erasure_done(&app, &location).await;
     assert_eq!(
         erasure_counts(&done),
@@ -1006,11 +999,7 @@ async fn an_erasure_pending_at_shutdown_is_done_after_the_restart() {
     let app = spawn_app().await;
     assert_eq!(app.deliver(&one_lead("w.later")).await.status(), 200);
     // The projector fails, so the erasure cannot be done before the shutdown.
-    let pool = app.outside_pool().await;
-    sqlx::query("ALTER TABLE leads RENAME TO leads_away")
-        .execute(&pool)
-        .await
-        .unwrap();
+    let pool = app.break_leads_table().await;
     assert_eq!(app.deliver_no_wait(&one_lead("w.more")).await.status(), 200);
     let res = app.delete("/v1/contacts/4915100000001").await;
     assert_eq!(res.status(), 202);
@@ -1018,10 +1007,7 @@ async fn an_erasure_pending_at_shutdown_is_done_after_the_restart() {
     let app = app.restart().await;
     assert_eq!(app.get_json(&location).await["status"], "pending");
     // Mended only now, so the erasure is done by the new instance, from the recorded request.
-    sqlx::query("ALTER TABLE leads_away RENAME TO leads")
-        .execute(&pool)
-        .await
-        .unwrap();
+    mend_leads_table(&pool).await;
     let done = erasure_done(&app, &location).await;
     assert_eq!(
         erasure_counts(&done),

@@ -552,11 +552,7 @@ async fn a_failing_projection_keeps_acknowledging_and_catches_up_exactly_once() 
     let app = spawn_app().await;
     assert_eq!(app.deliver(&one_lead("wamid.before")).await.status(), 200);
     // Break the read side: the projector's inserts fail, the log does not.
-    let pool = app.outside_pool().await;
-    sqlx::query("ALTER TABLE leads RENAME TO leads_away")
-        .execute(&pool)
-        .await
-        .unwrap();
+    let pool = app.break_leads_table().await;
     for i in 0..5 {
         let res = app
             .deliver_no_wait(&one_lead(&format!("wamid.behind{i}")))
@@ -579,10 +575,7 @@ async fn a_failing_projection_keeps_acknowledging_and_catches_up_exactly_once() 
         .unwrap();
     assert_eq!(ready["projection"]["entries"], 5, "{ready}");
     assert_eq!(ready["projection"]["failing"], true, "{ready}");
-    sqlx::query("ALTER TABLE leads_away RENAME TO leads")
-        .execute(&pool)
-        .await
-        .unwrap();
+    mend_leads_table(&pool).await;
     app.settle().await;
     for i in 0..5 {
         assert!(app.lead(&format!("wamid.behind{i}")).await.is_some());
@@ -772,11 +765,7 @@ async fn acknowledged_deliveries_are_logged_at_debug_refused_ones_at_info() {
 #[tokio::test]
 async fn past_the_projection_lag_bound_deliveries_get_a_fast_503() {
     let app = spawn_with(|s| s.ingest.max_projection_lag = 2).await;
-    let pool = app.outside_pool().await;
-    sqlx::query("ALTER TABLE leads RENAME TO leads_away")
-        .execute(&pool)
-        .await
-        .unwrap();
+    let pool = app.break_leads_table().await;
     let mut statuses = Vec::new();
     for i in 0..5 {
         let res = app
@@ -795,10 +784,7 @@ async fn past_the_projection_lag_bound_deliveries_get_a_fast_503() {
         [200, 200, 200, 503, 503],
         "bounded at 2 entries behind"
     );
-    sqlx::query("ALTER TABLE leads_away RENAME TO leads")
-        .execute(&pool)
-        .await
-        .unwrap();
+    mend_leads_table(&pool).await;
     app.settle().await;
     assert_eq!(
         app.deliver(&one_lead("wamid.lag-after")).await.status(),
