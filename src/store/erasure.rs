@@ -277,22 +277,6 @@ mod tests {
     use super::*;
     use crate::store::erasure_requests;
 
-    /// A store on fresh files in `dir`, as the service opens it.
-    async fn store_in(dir: &std::path::Path) -> (Store, super::super::WriterTask) {
-        let settings = crate::config::DatabaseSettings {
-            url: format!("sqlite://{}/leads.db", dir.display()),
-            ..Default::default()
-        };
-        super::super::open(
-            &settings,
-            &crate::config::IngestSettings::default(),
-            &crate::config::RetentionSettings::default(),
-            Default::default(),
-        )
-        .await
-        .expect("open the store")
-    }
-
     /// Acknowledges the simulator's one-lead delivery (wa_id 4915112345678) as the webhook does.
     async fn deliver(store: &Store, unique: &str) {
         let raw = crate::simulate::meta_json(&crate::simulate::sample_delivery("1", unique));
@@ -326,7 +310,7 @@ mod tests {
     #[tokio::test]
     async fn the_log_is_searched_and_cleared_while_the_projection_holds_the_leads_file() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, writer) = store_in(dir.path()).await;
+        let (store, writer) = crate::store::test_store(dir.path()).await;
         deliver(&store, "1").await;
         assert!(store.wait_projected(Duration::from_secs(10)).await);
         assert_eq!(count(&store, "SELECT COUNT(*) FROM leads").await, 1);
@@ -370,7 +354,7 @@ mod tests {
     #[tokio::test]
     async fn only_leads_built_from_the_searched_part_of_the_log_are_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, writer) = store_in(dir.path()).await;
+        let (store, writer) = crate::store::test_store(dir.path()).await;
         deliver(&store, "1").await;
         deliver(&store, "2").await;
         assert!(store.wait_projected(Duration::from_secs(10)).await);
@@ -411,7 +395,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_is_finished_with_its_counts_and_forgets_whom_it_erased() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, writer) = store_in(dir.path()).await;
+        let (store, writer) = crate::store::test_store(dir.path()).await;
         deliver(&store, "1").await;
         assert!(store.wait_projected(Duration::from_secs(10)).await);
         let request = requested(&store, "4915112345678").await;
@@ -453,39 +437,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_repeated_request_joins_one_not_yet_begun_but_not_one_under_way() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, writer) = store_in(dir.path()).await;
-        let first = erasure_requests::request(&store, "4915100000001", 1)
-            .await
-            .unwrap();
-        let again = erasure_requests::request(&store, "4915100000001", 2)
-            .await
-            .unwrap();
-        assert_eq!(again.id, first.id, "waiting: joined");
-        let other = erasure_requests::request(&store, "4915100000002", 3)
-            .await
-            .unwrap();
-        assert_ne!(other.id, first.id);
-        let taken = erasure_requests::take_next(&store, 4)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(taken.id, first.id, "oldest first");
-        let later = erasure_requests::request(&store, "4915100000001", 5)
-            .await
-            .unwrap();
-        assert_ne!(
-            later.id, first.id,
-            "under way, it may have searched the log already: a request of its own"
-        );
-        writer.shutdown().await;
-    }
-
-    #[tokio::test]
     async fn a_stopped_search_removes_nothing_and_leaves_the_request_pending() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, writer) = store_in(dir.path()).await;
+        let (store, writer) = crate::store::test_store(dir.path()).await;
         deliver(&store, "1").await;
         assert!(store.wait_projected(Duration::from_secs(10)).await);
         let request = requested(&store, "4915112345678").await;

@@ -104,3 +104,27 @@ pub async fn backlog(store: &Store) -> Result<(i64, Option<i64>), sqlx::Error> {
         .fetch_one(store.read_pool())
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_repeated_request_joins_one_not_yet_begun_but_not_one_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = super::super::test_store(dir.path()).await;
+        let first = request(&store, "4915100000001", 1).await.unwrap();
+        let again = request(&store, "4915100000001", 2).await.unwrap();
+        assert_eq!(again.id, first.id, "waiting: joined");
+        let other = request(&store, "4915100000002", 3).await.unwrap();
+        assert_ne!(other.id, first.id);
+        let taken = take_next(&store, 4).await.unwrap().unwrap();
+        assert_eq!(taken.id, first.id, "oldest first");
+        let later = request(&store, "4915100000001", 5).await.unwrap();
+        assert_ne!(
+            later.id, first.id,
+            "under way, it may have searched the log already: a request of its own"
+        );
+        writer.shutdown().await;
+    }
+}

@@ -582,6 +582,23 @@ impl Store {
     }
 }
 
+/// A store on fresh files in `dir`, as the service opens it (for the store's unit tests).
+#[cfg(test)]
+pub(crate) async fn test_store(dir: &std::path::Path) -> (Store, WriterTask) {
+    let settings = crate::config::DatabaseSettings {
+        url: format!("sqlite://{}/leads.db", dir.display()),
+        ..Default::default()
+    };
+    open(
+        &settings,
+        &crate::config::IngestSettings::default(),
+        &crate::config::RetentionSettings::default(),
+        Default::default(),
+    )
+    .await
+    .expect("open the store")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
