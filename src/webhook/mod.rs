@@ -8,9 +8,9 @@ pub mod admission;
 pub mod payload;
 pub mod verify;
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use secrecy::ExposeSecret;
@@ -34,8 +34,9 @@ use admission::BodyError;
 const LARGE_BODY: usize = 64 * 1024;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    // The body is taken as a plain `Body` (no extractor limit applies to it) and read by
-    // `admission`, which enforces the size limit itself. No layer here: each `Router::layer`
+    // The request is taken whole (an extractor would copy its headers), and its plain `Body`
+    // (no extractor limit applies to it) read by `admission`, which enforces the size limit
+    // itself. No layer here: each `Router::layer`
     // wraps every route in one more boxed service, cloned for each delivery.
     OpenApiRouter::new().routes(routes!(challenge, receive))
 }
@@ -107,12 +108,10 @@ pub struct Ack {
         (status = 503, description = "Not stored: overloaded (shed before reading the body) or the database failed; Meta retries", body = ErrorEnvelope, headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
     )
 )]
-async fn receive(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<Ack>, ApiError> {
+async fn receive(State(state): State<AppState>, request: Request) -> Result<Json<Ack>, ApiError> {
     let received_at_ms = chrono::Utc::now().timestamp_millis();
+    // The request taken apart rather than its headers extracted, which would copy them.
+    let (Parts { headers, .. }, body) = request.into_parts();
     // Meta signs and sends plain bytes; an encoded body would be verified and stored as
     // something it is not.
     if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
