@@ -4,24 +4,27 @@
 //! within two thirds of the request's time, else 202 with where to look.
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{OriginalUri, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
-use crate::http::query::Params;
+use crate::http::id_paging;
+use crate::http::query::{self, Params};
+use crate::leads::api::Paging;
 use crate::store::erasure_requests::{self, ErasureRow};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(erase_contact))
         .routes(routes!(get_erasure))
+        .routes(routes!(list_erasures))
 }
 
 /// Longest id accepted; a wa_id is a phone number, a BSUID is short too.
@@ -178,4 +181,60 @@ async fn get_erasure(
         .map_err(ApiError::database)?
         .map(|row| Json(Erasure::from(row)))
         .ok_or_else(not_found)
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ErasureParams {
+    /// `pending` or `done`.
+    #[param(pattern = "^(pending|done)$")]
+    status: Option<String>,
+    /// Requests per page, 1 to 500 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
+    limit: Option<String>,
+    /// The cursor from the previous page's `paging.cursors.after`.
+    #[param(pattern = r"^[0-9]{1,18}$")]
+    after: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErasurePage {
+    pub data: Vec<Erasure>,
+    pub paging: Paging,
+}
+
+/// Lists erasure requests, newest first: `?status=pending` finds one that waits (the
+/// `ctwa_erasures_oldest_pending_seconds` alert) and its `last_error`.
+#[utoipa::path(
+    get,
+    path = "/v1/erasures",
+    tag = "leads",
+    security(("bearer" = [])),
+    params(ErasureParams),
+    responses(
+        (status = 200, body = ErasurePage),
+        (status = 400, description = "A bad status, limit or cursor", body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 503, description = "The database did not answer", body = ErrorEnvelope, headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+    )
+)]
+async fn list_erasures(
+    State(state): State<AppState>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Json<ErasurePage>, ApiError> {
+    params.only(&["status", "limit", "after"])?;
+    let p: ErasureParams = params.to()?;
+    query::one_of("status", p.status.as_deref(), &["pending", "done"])?;
+    let page = id_paging::Request::read(p.limit.as_deref(), p.after.as_deref())?;
+    let done = p.status.as_deref().map(|s| s == "done");
+    let rows = erasure_requests::page(state.store(), done, page.before, page.fetch())
+        .await
+        .map_err(ApiError::database)?;
+    let (rows, paging) = page.finish(rows, |r| r.id, &state, &headers, uri.path(), &params);
+    Ok(Json(ErasurePage {
+        data: rows.into_iter().map(Erasure::from).collect(),
+        paging,
+    }))
 }

@@ -98,6 +98,29 @@ pub async fn attempt_failed(store: &Store, id: i64, error: &str) -> Result<(), s
         .map(drop)
 }
 
+/// A page of requests, newest first: `done` true for the finished ones only, false for the
+/// pending ones only; ids below `before`.
+pub async fn page(
+    store: &Store,
+    done: Option<bool>,
+    before: Option<i64>,
+    limit: u32,
+) -> Result<Vec<ErasureRow>, sqlx::Error> {
+    let mut q: sqlx::QueryBuilder<sqlx::Sqlite> =
+        sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM erasures WHERE 1 = 1"));
+    match done {
+        Some(true) => q.push(" AND finished_at IS NOT NULL"),
+        Some(false) => q.push(" AND finished_at IS NULL"),
+        None => &mut q,
+    };
+    if let Some(b) = before {
+        q.push(" AND id < ").push_bind(b);
+    }
+    q.push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(limit));
+    q.build_query_as().fetch_all(store.read_pool()).await
+}
+
 /// How many requests are not yet done, and when the oldest of them came (unix ms).
 pub async fn backlog(store: &Store) -> Result<(i64, Option<i64>), sqlx::Error> {
     sqlx::query_as("SELECT COUNT(*), MIN(requested_at) FROM erasures WHERE subject IS NOT NULL")

@@ -981,6 +981,11 @@ async fn an_erasure_while_the_projection_fails_waits_for_it_and_is_done_once_it_
         1,
         "the raw delivery is not touched while its lead is not built"
     );
+    assert_eq!(
+        app.listed_ids("/v1/erasures?status=pending").await,
+        [pending["id"].as_i64().unwrap()],
+        "found among the pending ones"
+    );
 
     mend_leads_table(&pool).await;
     let done = erasure_done(&app, &location).await;
@@ -1016,6 +1021,34 @@ async fn an_erasure_pending_at_shutdown_is_done_after_the_restart() {
     );
     assert!(app.lead("w.later").await.is_none() && app.lead("w.more").await.is_none());
     assert_eq!(app.event_count().await, 0);
+}
+
+#[tokio::test]
+async fn erasure_requests_are_listed_newest_first_filtered_and_paged() {
+    let app = spawn_app().await;
+    let first = app.erase("4915100000001").await;
+    let second = app.erase("4915100000002").await;
+    assert_eq!(first, second, "zero counts both");
+    assert_eq!(app.listed_ids("/v1/erasures").await, [2, 1], "newest first");
+    assert_eq!(app.listed_ids("/v1/erasures?status=done").await, [2, 1]);
+    assert!(app
+        .listed_ids("/v1/erasures?status=pending")
+        .await
+        .is_empty());
+    let page = app.get_json("/v1/erasures?limit=1").await;
+    assert_eq!(page["data"][0]["id"], 2);
+    let next = page["paging"]["next"].as_str().expect("a next page");
+    let rest = app.get_json(next).await;
+    assert_eq!(rest["data"][0]["id"], 1);
+    assert_eq!(rest["paging"]["next"], Value::Null);
+    for bad in ["status=gone", "limit=0", "after=x", "wa_id=4915100000001"] {
+        let res = app
+            .get(&format!("/v1/erasures?{bad}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{bad}");
+    }
 }
 
 #[tokio::test]
