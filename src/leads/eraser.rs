@@ -123,7 +123,13 @@ async fn run(store: Store, erasures: Erasures, stop: CancellationToken) {
                 continue;
             }
         };
-        match store.erase_contact(&request, CATCH_UP, &stop).await {
+        // A shutdown does not wait for the projection to catch up: the attempt is dropped
+        // (its search stops at the next page; each of its steps is one transaction).
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => break,
+            outcome = store.erase_contact(&request, CATCH_UP, &stop) => outcome,
+        };
+        match outcome {
             Ok(erased) => {
                 // The audit trail: that an erasure happened and what it removed, never whose.
                 tracing::info!(

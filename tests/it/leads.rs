@@ -1052,6 +1052,29 @@ async fn erasure_requests_are_listed_newest_first_filtered_and_paged() {
 }
 
 #[tokio::test]
+async fn a_shutdown_does_not_wait_for_an_erasure_waiting_for_the_projection() {
+    // A projection round every 30 s: the erasure below waits for it (up to 10 s an attempt).
+    let mut app = spawn_with(|s| {
+        s.ingest.projection_pace_ms = 30_000;
+        s.server.request_timeout_secs = 1;
+    })
+    .await;
+    assert_eq!(
+        app.deliver_no_wait(&one_lead("w.paced")).await.status(),
+        200
+    );
+    let res = app.delete("/v1/contacts/4915100000001").await;
+    assert_eq!(res.status(), 202);
+    let started = std::time::Instant::now();
+    app.stop().await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "the shutdown took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn an_unknown_erasure_request_is_404() {
     let app = spawn_app().await;
     for path in ["/v1/erasures/7", "/v1/erasures/x", "/v1/erasures/-1"] {
