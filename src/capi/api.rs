@@ -18,7 +18,7 @@ pub use super::views::{Conversion, ConversionError, DetectedEvent};
 use super::MAX_EVENT_ID;
 use crate::app::AppState;
 use crate::http::error::{object_body, ApiError, ErrorEnvelope};
-use crate::http::id_paging;
+use crate::http::id_paging::{self, RowId};
 use crate::http::query::{self, Params};
 use crate::leads::api::Paging;
 use crate::store::conversions::{self, NewConversion};
@@ -255,10 +255,7 @@ async fn lead_conversion(
     id: Result<Path<String>, PathRejection>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Conversion>), ApiError> {
-    let Path(id) = id?;
-    let lead_id = id
-        .parse::<i64>()
-        .map_err(|_| ApiError::not_found(format!("no lead with id {id}")))?;
+    let lead_id = RowId::read(id, "lead")?.id;
     let checked = check(object_body(body)?)?;
     if !state.capi().enabled() {
         return Err(not_configured());

@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
-use crate::http::id_paging;
+use crate::http::id_paging::{self, RowId};
 use crate::http::query::{self, Params};
 use crate::leads::api::Paging;
 use crate::store::outbox::{self, DeliveryFilter, DeliveryRow};
@@ -146,12 +146,6 @@ async fn list_deliveries(
     }))
 }
 
-fn delivery_id(id: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
-    let Path(id) = id?;
-    id.parse::<i64>()
-        .map_err(|_| ApiError::not_found(format!("no delivery with id {id}")))
-}
-
 /// One delivery by id.
 #[utoipa::path(
     get,
@@ -171,12 +165,12 @@ async fn get_delivery(
     params: Params,
 ) -> Result<Json<Delivery>, ApiError> {
     params.only(&[])?;
-    let id = delivery_id(id)?;
-    outbox::by_id(state.store(), id)
+    let id = RowId::read(id, "delivery")?;
+    outbox::by_id(state.store(), id.id)
         .await
         .map_err(ApiError::database)?
         .map(|row| Json(Delivery::from(row)))
-        .ok_or_else(|| ApiError::not_found(format!("no delivery with id {id}")))
+        .ok_or_else(|| id.not_found())
 }
 
 /// Makes a delivery due now. A failed one gets one more attempt (if that fails too, it is
@@ -200,12 +194,12 @@ async fn retry_delivery(
     params: Params,
 ) -> Result<Json<Delivery>, ApiError> {
     params.only(&[])?;
-    let id = delivery_id(id)?;
-    let not_found = || ApiError::not_found(format!("no delivery with id {id}"));
+    let row_id = RowId::read(id, "delivery")?;
+    let id = row_id.id;
     let row = outbox::by_id(state.store(), id)
         .await
         .map_err(ApiError::database)?
-        .ok_or_else(not_found)?;
+        .ok_or_else(|| row_id.not_found())?;
     if row.status == "succeeded" {
         return Err(ApiError::client(
             StatusCode::CONFLICT,

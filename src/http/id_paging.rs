@@ -1,8 +1,11 @@
-//! Paging by row id, newest first, as the outbox listings (`/v1/deliveries`, `/v1/conversions`)
-//! do it: `limit` (1–500, default 50) and `after`, the previous page's last id. [`Request`]
-//! reads both from the query; [`Request::finish`] trims the extra row fetched to learn whether
-//! another page exists, and builds the `paging` object with its `next` link.
+//! Row ids in the API. Paging by row id, newest first, as the id-ordered listings
+//! (`/v1/deliveries`, `/v1/conversions`, `/v1/erasures`) do it: `limit` (1–500, default 50) and
+//! `after`, the previous page's last id. [`Request`] reads both from the query;
+//! [`Request::finish`] trims the extra row fetched to learn whether another page exists, and
+//! builds the `paging` object with its `next` link. [`RowId`] reads one row's id from the path.
 
+use axum::extract::rejection::PathRejection;
+use axum::extract::Path;
 use axum::http::HeaderMap;
 
 use crate::app::AppState;
@@ -82,4 +85,37 @@ impl Request {
             },
         )
     }
+}
+
+/// One row's id from the request path (`/v1/leads/{id}`, `/v1/deliveries/{id}`, …). A path
+/// that is not a whole number names no row: 404, as an unknown id gets.
+#[derive(Debug)]
+pub struct RowId {
+    pub id: i64,
+    /// The id as the client wrote it, for the message.
+    text: String,
+    /// What the row is, for the message ("lead", "delivery").
+    what: &'static str,
+}
+
+impl RowId {
+    pub fn read(
+        path: Result<Path<String>, PathRejection>,
+        what: &'static str,
+    ) -> Result<Self, ApiError> {
+        let Path(text) = path?;
+        match text.parse::<i64>() {
+            Ok(id) => Ok(Self { id, text, what }),
+            Err(_) => Err(no_row(what, &text)),
+        }
+    }
+
+    /// 404: no such row.
+    pub fn not_found(&self) -> ApiError {
+        no_row(self.what, &self.text)
+    }
+}
+
+fn no_row(what: &str, text: &str) -> ApiError {
+    ApiError::not_found(format!("no {what} with id {text}"))
 }

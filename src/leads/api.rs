@@ -17,6 +17,7 @@ use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
+use crate::http::id_paging::RowId;
 use crate::http::query::Params;
 use crate::store::leads::{self as q, Cursor, LeadFilter, LeadRow};
 
@@ -329,15 +330,11 @@ async fn get_lead(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<LeadDetail>, ApiError> {
-    let Path(id) = id?;
-    let not_found = || ApiError::not_found(format!("no lead with id {id}"));
-    let Ok(numeric) = id.parse::<i64>() else {
-        return Err(not_found());
-    };
-    let row = q::by_id(state.store(), numeric)
+    let id = RowId::read(id, "lead")?;
+    let row = q::by_id(state.store(), id.id)
         .await
         .map_err(ApiError::database)?
-        .ok_or_else(not_found)?;
+        .ok_or_else(|| id.not_found())?;
     let (conversions, detected_events) =
         crate::capi::api::events_of(&state, row.id, row.ctwa_clid.as_deref())
             .await

@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
-use crate::http::id_paging;
+use crate::http::id_paging::{self, RowId};
 use crate::http::query::{self, Params};
 use crate::leads::api::Paging;
 use crate::store::erasure_requests::{self, ErasureRow};
@@ -173,14 +173,12 @@ async fn get_erasure(
     params: Params,
 ) -> Result<Json<Erasure>, ApiError> {
     params.only(&[])?;
-    let Path(id) = id?;
-    let not_found = || ApiError::not_found(format!("no erasure request with id {id}"));
-    let number = id.parse::<i64>().map_err(|_| not_found())?;
-    erasure_requests::by_id(state.store(), number)
+    let id = RowId::read(id, "erasure request")?;
+    erasure_requests::by_id(state.store(), id.id)
         .await
         .map_err(ApiError::database)?
         .map(|row| Json(Erasure::from(row)))
-        .ok_or_else(not_found)
+        .ok_or_else(|| id.not_found())
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
