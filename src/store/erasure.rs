@@ -292,6 +292,15 @@ mod tests {
         store.ingest(record).await.expect("acknowledged");
     }
 
+    /// A store on fresh files holding the simulator's one lead (wa_id 4915112345678), projected.
+    async fn one_lead_projected() -> (tempfile::TempDir, Store, super::super::WriterTask) {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = crate::store::test_store(dir.path()).await;
+        deliver(&store, "1").await;
+        assert!(store.wait_projected(Duration::from_secs(10)).await);
+        (dir, store, writer)
+    }
+
     /// Records a request to erase `subject` and takes it, as the eraser does.
     async fn requested(store: &Store, subject: &str) -> Pending {
         let row = erasure_requests::request(store, subject, 1).await.unwrap();
@@ -309,10 +318,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_log_is_searched_and_cleared_while_the_projection_holds_the_leads_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, writer) = crate::store::test_store(dir.path()).await;
-        deliver(&store, "1").await;
-        assert!(store.wait_projected(Duration::from_secs(10)).await);
+        let (_dir, store, writer) = one_lead_projected().await;
         assert_eq!(count(&store, "SELECT COUNT(*) FROM leads").await, 1);
 
         // A projection round in progress: it holds the turn at the leads file's write lock.
@@ -394,10 +400,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_is_finished_with_its_counts_and_forgets_whom_it_erased() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, writer) = crate::store::test_store(dir.path()).await;
-        deliver(&store, "1").await;
-        assert!(store.wait_projected(Duration::from_secs(10)).await);
+        let (_dir, store, writer) = one_lead_projected().await;
         let request = requested(&store, "4915112345678").await;
         let stored = |sql: &'static str| {
             let store = store.clone();
@@ -438,10 +441,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stopped_search_removes_nothing_and_leaves_the_request_pending() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, writer) = crate::store::test_store(dir.path()).await;
-        deliver(&store, "1").await;
-        assert!(store.wait_projected(Duration::from_secs(10)).await);
+        let (_dir, store, writer) = one_lead_projected().await;
         let request = requested(&store, "4915112345678").await;
         let stop = CancellationToken::new();
         stop.cancel();
