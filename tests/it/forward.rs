@@ -41,6 +41,15 @@ async fn answer(server: &MockServer, response: ResponseTemplate) {
         .await;
 }
 
+/// A destination "crm" that answers 200, and an app forwarding each new lead to it at once.
+async fn app_forwarding_to_crm() -> (MockServer, TestApp) {
+    let dest = destination().await;
+    answer(&dest, ResponseTemplate::new(200)).await;
+    let url = format!("{}/hook", dest.uri());
+    let app = spawn_with(|s| s.forwarding = forward_config(&[("crm", &url, "")], "[0]")).await;
+    (dest, app)
+}
+
 async fn received(server: &MockServer, at_least: usize, secs: u64) -> Vec<Request> {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
@@ -402,10 +411,7 @@ async fn filters_choose_which_leads_a_destination_gets() {
 
 #[tokio::test]
 async fn replay_sends_every_lead_in_the_range_again_with_new_ids() {
-    let dest = destination().await;
-    answer(&dest, ResponseTemplate::new(200)).await;
-    let url = format!("{}/hook", dest.uri());
-    let app = spawn_with(|s| s.forwarding = forward_config(&[("crm", &url, "")], "[0]")).await;
+    let (dest, app) = app_forwarding_to_crm().await;
     for i in 0..3 {
         app.deliver(&lead_delivery(
             &format!("wamid.RP{i}"),
@@ -445,10 +451,7 @@ async fn replay_sends_every_lead_in_the_range_again_with_new_ids() {
 
 #[tokio::test]
 async fn a_lead_erased_while_a_replay_waits_for_the_write_lock_gets_no_delivery() {
-    let dest = destination().await;
-    answer(&dest, ResponseTemplate::new(200)).await;
-    let url = format!("{}/hook", dest.uri());
-    let app = spawn_with(|s| s.forwarding = forward_config(&[("crm", &url, "")], "[0]")).await;
+    let (dest, app) = app_forwarding_to_crm().await;
     app.deliver(&lead_delivery("wamid.RE0", "800", "ad-1"))
         .await;
     app.deliver(&lead_delivery("wamid.RE1", "801", "ad-1"))
@@ -552,10 +555,7 @@ async fn an_attempt_recorded_after_its_delivery_was_erased_leaves_the_one_that_t
 
 #[tokio::test]
 async fn an_erased_delivery_s_id_is_never_given_to_a_new_one_even_after_a_restart() {
-    let dest = destination().await;
-    answer(&dest, ResponseTemplate::new(200)).await;
-    let url = format!("{}/hook", dest.uri());
-    let app = spawn_with(|s| s.forwarding = forward_config(&[("crm", &url, "")], "[0]")).await;
+    let (dest, app) = app_forwarding_to_crm().await;
     app.deliver(&lead_delivery("wamid.N1", "4915100000021", "ad-1"))
         .await;
     app.deliver(&lead_delivery("wamid.N2", "4915100000022", "ad-1"))
@@ -570,6 +570,7 @@ async fn an_erased_delivery_s_id_is_never_given_to_a_new_one_even_after_a_restar
     );
 
     // The highest id is gone; SQLite alone would give it to the next delivery.
+    let url = format!("{}/hook", dest.uri());
     let app = app
         .restart_with(|s| s.forwarding = forward_config(&[("crm", &url, "")], "[0]"))
         .await;
