@@ -407,7 +407,11 @@ pub async fn open(
         .name("projector".into())
         .spawn(move || projector.run())?;
     let writeback = stop.child_token();
-    writeback::spawn(vec![path.clone(), log_path.clone()], writeback.clone())?;
+    writeback::spawn(
+        vec![path.clone(), log_path.clone()],
+        writeback::WalTail::new(&path),
+        writeback.clone(),
+    )?;
     Ok((
         Store {
             read,

@@ -175,9 +175,6 @@ pub(super) struct Projector {
     turns: super::Turns,
     /// The stored wamids; `None` until loaded, and again after a failed round.
     seen: Option<Seen>,
-    /// The leads WAL, whose new frames are sent to the disk after each round (see
-    /// [`super::writeback`]).
-    wal_writeback: super::writeback::Writeback,
 }
 
 /// The projector's page cache for the leads file, in KiB. Its rounds touch the newest id
@@ -209,7 +206,6 @@ impl Projector {
         Ok(Self {
             log_path: log_path.to_path_buf(),
             leads_path: leads_path.to_path_buf(),
-            wal_writeback: super::writeback::Writeback::new(super::writeback::wal_of(leads_path)),
             batch,
             progress,
             stop,
@@ -444,8 +440,6 @@ impl Projector {
         };
         self.routes = routes;
         let (tally, mark) = result?;
-        // Off to the disk now, in this round's step, not in one burst at the next checkpoint.
-        self.wal_writeback.kick();
         if tally.enqueued > 0 {
             self.wake.notify();
         }
