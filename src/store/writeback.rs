@@ -101,6 +101,8 @@ pub(super) struct WalTail {
     shm_reopen_at: Instant,
     /// The first byte not yet queued.
     cursor: u64,
+    /// The committed end at the last step.
+    last_end: u64,
 }
 
 impl WalTail {
@@ -114,6 +116,7 @@ impl WalTail {
             shm_file: None,
             shm_reopen_at: Instant::now(),
             cursor: 0,
+            last_end: 0,
         }
     }
 
@@ -143,20 +146,25 @@ impl WalTail {
     }
 
     /// Queues the writeback of the next slice of committed frames, if any.
-    pub(super) fn step(&mut self) {
+    ///
+    /// Returns whether the WAL is being written: a commit since the last step, or a backlog.
+    pub(super) fn step(&mut self) -> bool {
         let Some(end) = self.committed_end() else {
-            return;
+            return false;
         };
+        let moved = end != self.last_end;
+        self.last_end = end;
         if end < self.cursor {
             // The WAL started over from its first frame after a checkpoint.
             self.cursor = 0;
         }
         if end == self.cursor {
-            return;
+            return moved;
         }
         let len = Self::slice(end - self.cursor).min(end - self.cursor);
         self.wal.kick_range(self.cursor, len);
         self.cursor += len;
+        true
     }
 }
 
@@ -171,6 +179,12 @@ const MIN_SLICE: u64 = 256 << 10;
 /// How often the leads WAL's committed tail is followed ([`WalTail::step`]); the database
 /// files are kicked every [`PERIOD`].
 pub(super) const STEP: Duration = Duration::from_millis(2);
+
+/// How long the leads WAL must go unwritten before the thread wakes only every [`QUIET_STEP`]
+/// (which is then also how often the database files are kicked). An idle server's thread took
+/// 1.9% of a core at [`STEP`] against 0.6% before the tail was followed.
+const QUIET: Duration = Duration::from_millis(200);
+const QUIET_STEP: Duration = Duration::from_millis(20);
 
 #[cfg(unix)]
 fn read_at(file: &File, buf: &mut [u8]) -> std::io::Result<()> {
@@ -212,15 +226,20 @@ fn run(
     stop: &CancellationToken,
 ) -> (Vec<Writeback>, WalTail) {
     let mut next_kick = Instant::now();
+    let mut written_at = Instant::now();
     while !stop.is_cancelled() {
-        tail.step();
+        if tail.step() {
+            written_at = Instant::now();
+        }
         if Instant::now() >= next_kick {
             for file in &mut files {
                 file.kick();
             }
             next_kick = Instant::now() + PERIOD;
         }
-        std::thread::sleep(STEP);
+        // Idle, the thread wakes as seldom as before the tail was followed.
+        let quiet = written_at.elapsed() >= QUIET;
+        std::thread::sleep(if quiet { QUIET_STEP } else { STEP });
     }
     (files, tail)
 }
@@ -295,7 +314,7 @@ mod tests {
         let stop = CancellationToken::new();
         let stopper = stop.clone();
         let thread = std::thread::spawn(move || run(files, tail, &stop));
-        std::thread::sleep(PERIOD * 10);
+        std::thread::sleep(QUIET_STEP * 5);
         stopper.cancel();
         let (files, _) = thread.join().expect("the loop does not panic");
         assert_eq!(files.len(), 2);
@@ -337,7 +356,7 @@ mod tests {
         assert_eq!(tail.committed_end(), Some(wal_len));
         assert!(wal_len > 4 * MIN_SLICE, "{wal_len} bytes of WAL");
 
-        tail.step();
+        assert!(tail.step(), "a WAL that was written is followed closely");
         assert_eq!(tail.cursor, WalTail::slice(wal_len), "one slice a step");
         assert!(tail.cursor < wal_len);
         let mut steps = 1;
@@ -348,6 +367,7 @@ mod tests {
         }
         assert_eq!(tail.cursor, wal_len, "never past what was committed");
         assert!(tail.wal.queued >= 2);
+        assert!(!tail.step(), "nothing committed since, nothing left: quiet");
 
         // A checkpoint that copied everything lets the next commit start the WAL over.
         conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
@@ -355,7 +375,7 @@ mod tests {
         insert(&conn, 10);
         let end = tail.committed_end().unwrap();
         assert!(end < wal_len, "the WAL started over: {end} of {wal_len}");
-        tail.step();
+        assert!(tail.step());
         assert_eq!(tail.cursor, end, "followed from the first frame again");
     }
 
