@@ -150,6 +150,8 @@ impl WalTail {
     /// Returns whether the WAL is being written: a commit since the last step, or a backlog.
     pub(super) fn step(&mut self) -> bool {
         let Some(end) = self.committed_end() else {
+            // No wal-index to follow (none yet, or unreadable): the whole WAL, as a timer would.
+            self.wal.kick();
             return false;
         };
         let moved = end != self.last_end;
@@ -409,11 +411,24 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_wal_index_is_not_followed() {
+    fn without_a_wal_index_the_whole_wal_is_kicked() {
         let dir = tempfile::tempdir().unwrap();
-        let mut tail = WalTail::new(&dir.path().join("leads.db"));
+        let db = dir.path().join("leads.db");
+        let mut tail = WalTail::new(&db);
         assert_eq!(tail.committed_end(), None);
-        tail.step();
+        assert!(!tail.step(), "nothing to follow is quiet");
+        assert_eq!(
+            (tail.cursor, tail.wal.queued),
+            (0, 0),
+            "nor anything to kick"
+        );
+        std::fs::write(wal_of(&db), vec![3u8; 1 << 16]).unwrap();
+        tail.wal.reopen_at = Instant::now();
+        assert!(!tail.step());
         assert_eq!(tail.cursor, 0);
+        assert_eq!(
+            tail.wal.queued, 1,
+            "a WAL without its index is kicked whole"
+        );
     }
 }
