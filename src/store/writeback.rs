@@ -340,6 +340,17 @@ mod tests {
         conn
     }
 
+    /// A [`wal_database`] of `rows` rows in a folder of its own, and a tail following its WAL.
+    fn followed_database(
+        rows: usize,
+    ) -> (tempfile::TempDir, PathBuf, rusqlite::Connection, WalTail) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("leads.db");
+        let conn = wal_database(&db, rows);
+        let tail = WalTail::new(&db);
+        (dir, db, conn, tail)
+    }
+
     fn insert(conn: &rusqlite::Connection, rows: usize) {
         for _ in 0..rows {
             conn.execute("INSERT INTO t VALUES (randomblob(1000))", [])
@@ -349,10 +360,7 @@ mod tests {
 
     #[test]
     fn the_tail_is_queued_in_slices_up_to_the_committed_end_and_again_after_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("leads.db");
-        let conn = wal_database(&db, 3_000);
-        let mut tail = WalTail::new(&db);
+        let (_dir, db, conn, mut tail) = followed_database(3_000);
         let wal_len = std::fs::metadata(wal_of(&db)).unwrap().len();
         // Nothing has restarted the WAL, so every frame in it is committed.
         assert_eq!(tail.committed_end(), Some(wal_len));
@@ -383,10 +391,7 @@ mod tests {
 
     #[test]
     fn frames_of_a_transaction_still_open_are_not_followed() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("leads.db");
-        let conn = wal_database(&db, 10);
-        let mut tail = WalTail::new(&db);
+        let (_dir, db, conn, mut tail) = followed_database(10);
         let committed = tail.committed_end().unwrap();
         // A page cache of 16 pages makes a large transaction spill frames into the WAL.
         conn.pragma_update(None, "cache_size", 16).unwrap();
