@@ -90,7 +90,8 @@ pub(super) fn wal_of(path: &Path) -> PathBuf {
 /// (about 8 MB at 18,000 deliveries/s and a round every 100 ms), and the log flush that came
 /// next persisted them all with its own few KB. This follows the WAL's committed end instead:
 /// SQLite publishes it at each commit as `mxFrame` in the wal-index header (byte 16 of the
-/// `-shm` file, beside the page size at byte 14; walformat.html), and each [`WalTail::step`]
+/// `-shm` file, beside the page size at byte 14 and the salts at 32; walformat.html), and each
+/// [`WalTail::step`]
 /// queues at most one [`WalTail::slice`] of what was committed since. Frames of a transaction
 /// still open are never queued, so a spilled frame that is rewritten before the commit is
 /// written once.
@@ -103,6 +104,8 @@ pub(super) struct WalTail {
     cursor: u64,
     /// The committed end at the last step.
     last_end: u64,
+    /// The WAL's salts at the last step: new ones mean that it started over.
+    salts: [u8; 8],
 }
 
 impl WalTail {
@@ -117,6 +120,7 @@ impl WalTail {
             shm_reopen_at: Instant::now(),
             cursor: 0,
             last_end: 0,
+            salts: [0; 8],
         }
     }
 
@@ -126,13 +130,14 @@ impl WalTail {
         (backlog / 8).max(MIN_SLICE)
     }
 
-    /// The WAL's committed end in bytes, from the wal-index header; `None` when unreadable.
-    fn committed_end(&mut self) -> Option<u64> {
+    /// The WAL's committed end in bytes, and its salts, from the wal-index header; `None` when
+    /// unreadable.
+    fn committed_end(&mut self) -> Option<(u64, [u8; 8])> {
         if Instant::now() >= self.shm_reopen_at {
             self.shm_file = File::open(&self.shm).ok();
             self.shm_reopen_at = Instant::now() + REOPEN;
         }
-        let mut header = [0u8; 20];
+        let mut header = [0u8; 40];
         read_at(self.shm_file.as_ref()?, &mut header).ok()?;
         let page = match u16::from_ne_bytes([header[14], header[15]]) {
             1 => 65_536,
@@ -142,23 +147,27 @@ impl WalTail {
         let frames = u64::from(u32::from_ne_bytes([
             header[16], header[17], header[18], header[19],
         ]));
-        Some(WAL_HEADER + frames * (page + FRAME_HEADER))
+        let mut salts = [0u8; 8];
+        salts.copy_from_slice(&header[32..40]);
+        Some((WAL_HEADER + frames * (page + FRAME_HEADER), salts))
     }
 
     /// Queues the writeback of the next slice of committed frames, if any.
     ///
     /// Returns whether the WAL is being written: a commit since the last step, or a backlog.
     pub(super) fn step(&mut self) -> bool {
-        let Some(end) = self.committed_end() else {
+        let Some((end, salts)) = self.committed_end() else {
             // No wal-index to follow (none yet, or unreadable): the whole WAL, as a timer would.
             self.wal.kick();
             return false;
         };
         let moved = end != self.last_end;
         self.last_end = end;
-        if end < self.cursor {
-            // The WAL started over from its first frame after a checkpoint.
+        if salts != self.salts || end < self.cursor {
+            // The WAL started over from its first frame after a checkpoint (SQLite draws new
+            // salts for it), and its new frames may already reach past the cursor.
             self.cursor = 0;
+            self.salts = salts;
         }
         if end == self.cursor {
             return moved;
@@ -363,7 +372,7 @@ mod tests {
         let (_dir, db, conn, mut tail) = followed_database(3_000);
         let wal_len = std::fs::metadata(wal_of(&db)).unwrap().len();
         // Nothing has restarted the WAL, so every frame in it is committed.
-        assert_eq!(tail.committed_end(), Some(wal_len));
+        assert_eq!(tail.committed_end().map(|(end, _)| end), Some(wal_len));
         assert!(wal_len > 4 * MIN_SLICE, "{wal_len} bytes of WAL");
 
         assert!(tail.step(), "a WAL that was written is followed closely");
@@ -379,20 +388,25 @@ mod tests {
         assert!(tail.wal.queued >= 2);
         assert!(!tail.step(), "nothing committed since, nothing left: quiet");
 
-        // A checkpoint that copied everything lets the next commit start the WAL over.
+        // A checkpoint that copied everything lets the next commit start the WAL over; this
+        // one's frames reach past where the last generation's ended.
         conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
             .unwrap();
-        insert(&conn, 10);
-        let end = tail.committed_end().unwrap();
-        assert!(end < wal_len, "the WAL started over: {end} of {wal_len}");
+        insert(&conn, 4_000);
+        let (end, _) = tail.committed_end().unwrap();
+        assert!(end > wal_len, "a longer generation: {end} after {wal_len}");
         assert!(tail.step());
-        assert_eq!(tail.cursor, end, "followed from the first frame again");
+        assert_eq!(
+            tail.cursor,
+            WalTail::slice(end),
+            "followed from the first frame again"
+        );
     }
 
     #[test]
     fn frames_of_a_transaction_still_open_are_not_followed() {
         let (_dir, db, conn, mut tail) = followed_database(10);
-        let committed = tail.committed_end().unwrap();
+        let (committed, _) = tail.committed_end().unwrap();
         // A page cache of 16 pages makes a large transaction spill frames into the WAL.
         conn.pragma_update(None, "cache_size", 16).unwrap();
         conn.execute_batch("BEGIN").unwrap();
@@ -402,7 +416,7 @@ mod tests {
             written > committed,
             "frames spilled: {written} against {committed}"
         );
-        assert_eq!(tail.committed_end(), Some(committed));
+        assert_eq!(tail.committed_end().map(|(end, _)| end), Some(committed));
         while tail.cursor < committed {
             tail.step();
         }
@@ -412,7 +426,7 @@ mod tests {
             "spilled frames wait for their commit"
         );
         conn.execute_batch("COMMIT").unwrap();
-        assert!(tail.committed_end().unwrap() > committed);
+        assert!(tail.committed_end().unwrap().0 > committed);
     }
 
     #[test]
@@ -420,7 +434,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("leads.db");
         let mut tail = WalTail::new(&db);
-        assert_eq!(tail.committed_end(), None);
+        assert!(tail.committed_end().is_none());
         assert!(!tail.step(), "nothing to follow is quiet");
         assert_eq!(
             (tail.cursor, tail.wal.queued),
