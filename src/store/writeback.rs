@@ -97,9 +97,8 @@ pub(super) fn wal_of(path: &Path) -> PathBuf {
 /// written once.
 pub(super) struct WalTail {
     wal: Writeback,
-    shm: PathBuf,
-    shm_file: Option<File>,
-    shm_reopen_at: Instant,
+    /// The `-shm` file, only read; [`Writeback::file`] opens it again as it does the WAL.
+    shm: Writeback,
     /// The first byte not yet queued.
     cursor: u64,
     /// The committed end at the last step.
@@ -115,9 +114,7 @@ impl WalTail {
         shm.push("-shm");
         Self {
             wal: Writeback::new(wal_of(db)),
-            shm: shm.into(),
-            shm_file: None,
-            shm_reopen_at: Instant::now(),
+            shm: Writeback::new(shm.into()),
             cursor: 0,
             last_end: 0,
             salts: [0; 8],
@@ -133,12 +130,8 @@ impl WalTail {
     /// The WAL's committed end in bytes, and its salts, from the wal-index header; `None` when
     /// unreadable.
     fn committed_end(&mut self) -> Option<(u64, [u8; 8])> {
-        if Instant::now() >= self.shm_reopen_at {
-            self.shm_file = File::open(&self.shm).ok();
-            self.shm_reopen_at = Instant::now() + REOPEN;
-        }
         let mut header = [0u8; 40];
-        read_at(self.shm_file.as_ref()?, &mut header).ok()?;
+        read_at(self.shm.file()?, &mut header).ok()?;
         let page = match u16::from_ne_bytes([header[14], header[15]]) {
             1 => 65_536,
             0 => return None,
